@@ -1,0 +1,1 @@
+"""ONNX and TensorRT export (installed as affectrt.export)."""
