@@ -281,3 +281,40 @@ def get_preset(name: str) -> AffectGPTConfig:
         return PRESETS[name]()
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+def config_to_dict(cfg: AffectGPTConfig) -> dict:
+    """A JSON-ready dict of ``cfg`` (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict) -> AffectGPTConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys raise ``TypeError`` naming them."""
+
+    def build(cls: type, values: dict) -> object:
+        kwargs = {}
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(names)
+        if unknown:
+            raise TypeError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+        for key, value in values.items():
+            sub = _NESTED.get((cls, key))
+            if sub is not None and isinstance(value, dict):
+                value = build(sub, value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    return build(AffectGPTConfig, data)  # type: ignore[return-value]
+
+
+_NESTED: dict[tuple[type, str], type] = {
+    (AffectGPTConfig, "vision"): CLIPVisionConfig,
+    (AffectGPTConfig, "audio"): HubertConfig,
+    (AffectGPTConfig, "llm"): Qwen2Config,
+    (AffectGPTConfig, "lora"): LoRAConfig,
+    (AffectGPTConfig, "fusion"): FusionConfig,
+    (AffectGPTConfig, "media"): MediaConfig,
+    (FusionConfig, "qformer"): QFormerConfig,
+}
