@@ -1,0 +1,181 @@
+"""The ``affectrt`` command: ``info`` and ``infer`` (thin: it parses, then calls the library)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import metadata, util
+
+_CORE = ("torch", "numpy", "safetensors", "tokenizers", "av", "tqdm")
+_OPTIONAL = {
+    "triton": "triton",
+    "nvidia-dali-cuda130": "nvidia.dali",
+    "onnxruntime": "onnxruntime",
+    "onnxruntime-gpu": "onnxruntime",
+    "onnx": "onnx",
+    "tensorrt": "tensorrt",
+    "flash-attn": "flash_attn",
+    "transformers": "transformers",
+    "peft": "peft",
+}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def info() -> dict:
+    """Versions, devices, native extensions, op backends and build metadata (nothing optional is imported)."""
+    import torch
+
+    from affectrt import __version__
+    from affectrt.build_info import build_info
+    from affectrt.ops._backends import describe_all
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    optional = {}
+    for dist, module in _OPTIONAL.items():
+        version = _version(dist)
+        if version is not None or dist == module:
+            optional[dist] = version if version and util.find_spec(module.split(".")[0]) else None
+    return {
+        "affectrt": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "core": {d: _version(d) for d in _CORE},
+        "optional": optional,
+        "torch_cuda": torch.version.cuda,
+        "devices": devices,
+        "build": build_info(),
+        "ops": describe_all(),
+    }
+
+
+def _print_info(data: dict) -> None:
+    print(f"affectrt {data['affectrt']}  (python {data['python']}, {data['platform']})")
+    print("core:     " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in data["core"].items()))
+    print("optional: " + ", ".join(f"{k} {v or '-'}" for k, v in data["optional"].items()))
+    print(f"devices:  {', '.join(data['devices'])}  (torch CUDA: {data['torch_cuda'] or 'none'})")
+    build = data["build"]
+    print("build:")
+    for key, value in build.items():
+        print(f"  {key}: {value}")
+    print("ops:")
+    for op in data["ops"]:
+        print(f"  {op['op']}:")
+        for b in op["backends"]:
+            state = "available" if b["available"] else f"unavailable: {b['reason']}"
+            print(
+                f"    {b['name']:<8} [{', '.join(b['devices'])}; {', '.join(b['dtypes'])}; backward={b['has_backward']}] {state}"
+            )
+
+
+def _build_random_model(variant: str, preset: str, seed: int):
+    import torch
+
+    from affectrt.config import get_preset
+    from affectrt.models.affectgpt import AffectGPT
+    from affectrt.text.tokenizer import byte_level_tokenizer
+
+    torch.manual_seed(seed)
+    cfg = get_preset(preset).replace(visual_input=variant)
+    return AffectGPT(cfg).eval(), byte_level_tokenizer()
+
+
+def infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from affectrt.checkpoint import load_model
+    from affectrt.media.errors import MediaError
+    from affectrt.pipeline import AffectGPTPipeline, ClipInput, default_generation
+
+    variant = args.variant or ("face" if args.face_npy else "frame")
+    if args.model_dir is None:
+        print(
+            f"affectrt: no --model-dir given: running the '{args.preset}' preset on RANDOM weights "
+            "(the answer is noise; this checks the path end to end)",
+            file=sys.stderr,
+        )
+        model, tokenizer = _build_random_model(variant, args.preset, args.seed)
+    else:
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+        model, tokenizer = load_model(args.model_dir, args.checkpoint, variant=variant, llm_dtype=dtype)
+        if args.checkpoint is None:
+            print("affectrt: no --checkpoint: fusion head and LoRA are untrained", file=sys.stderr)
+    pipe = AffectGPTPipeline(model, tokenizer, device=args.device)
+    gen = default_generation(tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed)
+    clip = ClipInput(video=args.video, subtitle=args.subtitle, face_npy=args.face_npy, audio=args.audio)
+    try:
+        (answer,) = pipe.answer([clip], question=args.question, gen=gen)
+    except (MediaError, FileNotFoundError) as err:
+        print(f"affectrt: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"video": str(args.video), "question": args.question, "answer": answer}))
+    else:
+        print(answer)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="affectrt", description="Fast runtime for AffectGPT emotion models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_info = sub.add_parser("info", help="versions, devices, extensions, op backends, build metadata")
+    p_info.add_argument("--json", action="store_true", help="print JSON")
+
+    p_inf = sub.add_parser("infer", help="describe the emotional state of the person in one clip")
+    p_inf.add_argument("video", help="video file (frames and, unless --audio is given, the audio track)")
+    p_inf.add_argument("--subtitle", default="", help="the clip's subtitle text")
+    p_inf.add_argument("--face-npy", default=None, help="OpenFace faces [N,112,112,3] uint8 BGR (face model)")
+    p_inf.add_argument("--audio", default=None, help="separate .wav (default: the video's audio track)")
+    p_inf.add_argument("--model-dir", default=None, help="folder with vision/, audio/, llm/ HF model folders")
+    p_inf.add_argument("--checkpoint", default=None, help="AffectGPT .pth (release) or affectrt .safetensors")
+    p_inf.add_argument(
+        "--variant", choices=("face", "frame"), default=None, help="default: face if --face-npy"
+    )
+    p_inf.add_argument("--preset", default="tiny", help="preset for random weights without --model-dir")
+    p_inf.add_argument(
+        "--question",
+        default="ovlabel",
+        help="'ovlabel' (label question), 'description' (reasoning question) or any question text",
+    )
+    p_inf.add_argument("--max-new-tokens", type=int, default=64)
+    p_inf.add_argument(
+        "--sample", action="store_true", help="sample (T=1, top-p 0.9, top-k 20) instead of greedy"
+    )
+    p_inf.add_argument("--seed", type=int, default=0)
+    p_inf.add_argument("--device", default="cpu")
+    p_inf.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="LLM base-weight dtype (the release: float16 on a GPU); adapters stay float32",
+    )
+    p_inf.add_argument("--json", action="store_true", help="print a JSON line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "info":
+        data = info()
+        if args.json:
+            print(json.dumps(data, indent=2, default=str))
+        else:
+            _print_info(data)
+        return 0
+    if args.command == "infer":
+        return infer(args)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The assembled AffectGPT model (MODEL_SPEC §1): encoders → fusion head → spliced prompt → Qwen2.5 + LoRA.
+
+One clip's way: frames/faces [B,T,3,224,224] → CLIP image embeds Z_v [B,T,d_v]; audio windows [B,T,S] →
+HuBERT pooled Z_a [B,T,d_a]; the fusion head turns (Z_v, Z_a) into the Multi, Audio and Face/Frame
+embeddings [B,K,D]; they replace the ``<…Here>`` rows of the prompt's ``inputs_embeds``; the LLM generates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from affectrt.config import AffectGPTConfig
+from affectrt.models.clip import CLIPVisionEncoder
+from affectrt.models.fusion import FusionHead
+from affectrt.models.hubert import HubertEncoder
+from affectrt.models.lora import apply_lora
+from affectrt.models.qwen2 import Qwen2ForCausalLM
+from affectrt.text.splice import IGNORE_INDEX, TokenBatch, embed_with_placeholders
+
+
+class AffectGPT(nn.Module):
+    """AffectGPT with its frozen encoders, trainable fusion head and LoRA-adapted LLM.
+
+    ``visual_encoder`` (CLIP ViT + projection), ``acoustic_encoder`` (HuBERT), ``fusion`` (release key
+    names), ``llm`` (Qwen2.5, LoRA applied when ``cfg.lora`` is set).
+    """
+
+    def __init__(self, cfg: AffectGPTConfig, with_lora: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual_encoder = CLIPVisionEncoder(cfg.vision)
+        self.acoustic_encoder = HubertEncoder(cfg.audio)
+        self.fusion = FusionHead(cfg)
+        self.llm = Qwen2ForCausalLM(cfg.llm)
+        self.has_lora = False
+        if with_lora:
+            self.add_lora()
+        for p in (*self.visual_encoder.parameters(), *self.acoustic_encoder.parameters()):
+            p.requires_grad_(False)
+
+    def add_lora(self) -> None:
+        """Wrap the LLM's projections with LoRA adapters (after its base weights are loaded)."""
+        if self.cfg.lora is not None and not self.has_lora:
+            apply_lora(self.llm, self.cfg.lora)
+            self.has_lora = True
+
+    @property
+    def video_placeholder(self) -> str:
+        return "<FaceHere>" if self.cfg.visual_input == "face" else "<FrameHere>"
+
+    def encode_video(self, pixels: Tensor) -> Tensor:
+        """CLIP image embeds of every frame: [B, T, 3, H, W] (normalised) -> Z_v [B, T, d_v]."""
+        b, t = pixels.shape[:2]
+        feats = self.visual_encoder(pixels.flatten(0, 1).to(self._dtype(self.visual_encoder)))
+        return feats.view(b, t, -1)
+
+    def encode_audio(self, windows: Tensor) -> Tensor:
+        """HuBERT features of every window: [B, T, S] (jointly normalised) -> Z_a [B, T, d_a]."""
+        b, t = windows.shape[:2]
+        feats = self.acoustic_encoder.pooled(windows.flatten(0, 1).to(self._dtype(self.acoustic_encoder)))
+        return feats.view(b, t, -1)
+
+    def multimodal_embeddings(self, z_video: Tensor, z_audio: Tensor) -> dict[str, Tensor]:
+        """The fusion head's LLM embeddings keyed by placeholder token: each [B, K, D]."""
+        dtype = self._dtype(self.fusion)
+        out = self.fusion(z_video.to(dtype), z_audio.to(dtype))
+        feats = {"<AudioHere>": out.audio, self.video_placeholder: out.video}
+        if out.multi is not None:
+            feats["<MultiHere>"] = out.multi
+        return feats
+
+    def inputs_embeds(
+        self, input_ids: Tensor, features: dict[str, Tensor], placeholder_ids: dict[str, int]
+    ) -> Tensor:
+        """Prompt embeddings with the multimodal rows spliced in: [B, L] -> [B, L, D]."""
+        by_id = {placeholder_ids[name]: f for name, f in features.items()}
+        return embed_with_placeholders(self.llm.embed_tokens, input_ids, by_id)
+
+    def loss(
+        self, batch: TokenBatch, z_video: Tensor, z_audio: Tensor, placeholder_ids: dict[str, int]
+    ) -> Tensor:
+        """The release's training loss: token-mean causal-LM cross-entropy over the whole batch."""
+        feats = self.multimodal_embeddings(z_video, z_audio)
+        embeds = self.inputs_embeds(batch.input_ids, feats, placeholder_ids)
+        logits = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask)
+        shift_logits = logits[:, :-1].float()
+        shift_labels = batch.labels[:, 1:].to(logits.device)
+        return nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The tensors a checkpoint stores: every parameter that requires grad (fusion + LoRA)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    @staticmethod
+    def _dtype(module: nn.Module) -> torch.dtype:
+        return next(module.parameters()).dtype

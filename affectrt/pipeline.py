@@ -1,0 +1,193 @@
+"""One clip (or a batch of clips) from media files to the model's answer, stage by stage.
+
+The stages are separate methods returning plain tensors, so a benchmark can time each and a later stage
+(a TensorRT encoder, cached features) can replace one without the others knowing:
+
+    load_media      decode + sample: uint8 frames/faces [T,224,224,3], audio windows [T,32000]
+    preprocess      CLIP normalisation, HuBERT joint normalisation, batching, host → device
+    encode          Z_v [B,T,d_v], Z_a [B,T,d_a]
+    fuse            the Multi / Audio / Face-or-Frame embeddings [B,K,D]
+    generate        prompt splice, prefill, decode (GenerationConfig), text
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from affectrt.generate import GenerationConfig, generate
+from affectrt.media.preprocess import clip_pixels
+from affectrt.models.affectgpt import AffectGPT
+from affectrt.text.prompts import QUESTIONS, build_prompt, postprocess_answer
+from affectrt.text.splice import inference_batch
+from affectrt.text.tokenizer import Tokenizer
+
+
+@dataclass
+class ClipInput:
+    """One clip: a video file, optional OpenFace faces (``.npy``), optional separate audio, a subtitle.
+
+    The face model reads ``face_npy``; the frame model reads frames from ``video``. Audio comes from
+    ``audio`` (a ``.wav``, as the release reads) or, when absent, from the video's own audio track.
+    """
+
+    video: str | Path | None = None
+    subtitle: str = ""
+    face_npy: str | Path | None = None
+    audio: str | Path | None = None
+    name: str = ""
+
+
+@dataclass
+class MediaTensors:
+    """Sampled media of one clip: visual uint8 [T,H,W,3] (RGB frames or BGR faces), audio float32 [T,S]."""
+
+    visual: np.ndarray
+    audio: Tensor
+
+
+@dataclass
+class Batch:
+    """Device tensors of a batch: pixels [B,T,3,H,W] float32, audio [B,T,S] float32, subtitles."""
+
+    pixels: Tensor
+    audio: Tensor
+    subtitles: list[str] = field(default_factory=list)
+
+
+def default_generation(
+    tokenizer: Tokenizer, max_new_tokens: int = 64, greedy: bool = True, seed: int | None = None
+) -> GenerationConfig:
+    """The release's generation settings (T=1, top-p 0.9, top-k 20) or greedy, with its stop sequences."""
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=1.0,
+        top_p=0.9,
+        top_k=20,
+        seed=seed,
+        stop_sequences=tokenizer.stop_sequences(),
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+    )
+
+
+class AffectGPTPipeline:
+    """Media → answer for AffectGPT, batched; every stage is a method (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: AffectGPT,
+        tokenizer: Tokenizer,
+        device: str | torch.device = "cpu",
+        autocast: bool | None = None,
+    ) -> None:
+        """``autocast``: run encoders and fusion under float16 autocast as the release does (default: on CUDA)."""
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.cfg = model.cfg
+        self.autocast = self.device.type == "cuda" if autocast is None else autocast
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.autocast)
+
+    def load_media(self, clip: ClipInput) -> MediaTensors:
+        """Decode and sample one clip on the CPU (MODEL_SPEC §1.2)."""
+        from affectrt.media.audio import load_audio_windows
+        from affectrt.media.errors import MediaError
+
+        m = self.cfg.media
+        if self.cfg.visual_input == "face":
+            if clip.face_npy is None:
+                raise MediaError(
+                    str(clip.video or clip.name), "the face model needs OpenFace faces: pass face_npy"
+                )
+            from affectrt.media.faces import load_faces
+
+            visual = load_faces(clip.face_npy, n_frames=m.n_frames, size=m.image_size)
+        else:
+            if clip.video is None:
+                raise MediaError(clip.name or "<clip>", "the frame model needs a video file")
+            from affectrt.media.video import read_frames
+
+            visual = read_frames(clip.video, n_frames=m.n_frames, size=m.image_size)
+        source = clip.audio if clip.audio is not None else clip.video
+        if source is None:
+            raise MediaError(clip.name or "<clip>", "no audio: pass a .wav or a video with an audio track")
+        audio = load_audio_windows(
+            source, sample_rate=m.sample_rate, n_clips=m.n_audio_clips, clip_seconds=m.clip_seconds
+        )
+        return MediaTensors(visual=visual, audio=audio)
+
+    def preprocess(self, media: Sequence[MediaTensors], subtitles: Sequence[str]) -> Batch:
+        """CLIP normalisation and HuBERT's joint normalisation, stacked and moved to the device once.
+
+        The audio of each clip is normalised on its own, as the release does at inference (batch 1).
+        """
+        from affectrt.media.audio import joint_normalize
+
+        visual = torch.from_numpy(np.stack([m.visual for m in media])).to(self.device)
+        pixels = clip_pixels(visual, self.cfg.media)
+        audio = torch.stack([joint_normalize(m.audio, eps=self.cfg.media.audio_norm_eps) for m in media]).to(
+            self.device
+        )
+        return Batch(pixels=pixels, audio=audio, subtitles=list(subtitles))
+
+    @torch.inference_mode()
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Z_v [B,T,d_v], Z_a [B,T,d_a]."""
+        with self._autocast():
+            return self.model.encode_video(batch.pixels), self.model.encode_audio(batch.audio)
+
+    @torch.inference_mode()
+    def fuse(self, z_video: Tensor, z_audio: Tensor) -> dict[str, Tensor]:
+        """The LLM embeddings of each placeholder, [B,K,D] each."""
+        with self._autocast():
+            return self.model.multimodal_embeddings(z_video, z_audio)
+
+    def prompts(self, subtitles: Sequence[str], question: str) -> list[str]:
+        q = QUESTIONS.get(question, question)
+        return [build_prompt(self.cfg, s, q) for s in subtitles]
+
+    @torch.inference_mode()
+    def prompt_embeds(
+        self, features: dict[str, Tensor], subtitles: Sequence[str], question: str
+    ) -> tuple[Tensor, Tensor]:
+        """inputs_embeds [B,L,D] (left-padded) and attention mask [B,L]."""
+        tokens = inference_batch(self.tokenizer, self.prompts(subtitles, question))
+        ids = tokens.input_ids.to(self.device)
+        embeds = self.model.inputs_embeds(ids, features, self.tokenizer.placeholder_ids)
+        return embeds, tokens.attention_mask.to(self.device)
+
+    @torch.inference_mode()
+    def generate(self, embeds: Tensor, mask: Tensor, gen: GenerationConfig) -> list[str]:
+        rows = generate(self.model.llm, inputs_embeds=embeds, attention_mask=mask, gen=gen)
+        return [self.decode(r) for r in rows]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of one generated row, cut at eos and at ``###`` as the release does."""
+        ids = list(ids)
+        if self.tokenizer.eos_id in ids:
+            ids = ids[: ids.index(self.tokenizer.eos_id)]
+        return postprocess_answer(self.tokenizer.decode(ids))
+
+    def answer(
+        self,
+        clips: Sequence[ClipInput],
+        question: str = "ovlabel",
+        gen: GenerationConfig | None = None,
+    ) -> list[str]:
+        """The model's answer for each clip (``question``: "ovlabel", "description" or any text)."""
+        gen = gen or default_generation(self.tokenizer)
+        media = [self.load_media(c) for c in clips]
+        batch = self.preprocess(media, [c.subtitle for c in clips])
+        z_v, z_a = self.encode(batch)
+        feats = self.fuse(z_v, z_a)
+        embeds, mask = self.prompt_embeds(feats, batch.subtitles, question)
+        return self.generate(embeds, mask, gen)

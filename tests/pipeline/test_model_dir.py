@@ -1,0 +1,116 @@
+"""Loading AffectGPT from Hugging Face folders + a release checkpoint, saving, and the whole path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from affectrt.checkpoint import load_model, read_checkpoint, save_checkpoint
+from affectrt.config import get_preset
+from affectrt.models.hf_io import WeightsError
+from affectrt.pipeline import AffectGPTPipeline, ClipInput, default_generation
+
+
+def _release_checkpoint(
+    model, path, drop: str | None = None, extra: dict | None = None, reshape: str | None = None
+):
+    """Give every trainable tensor random values and save them as the release does (``{"model": ...}``)."""
+    from affectrt.models.lora import lora_state_dict_to_release
+
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    trainable = model.trainable_state_dict()
+    sd = {k.removeprefix("fusion."): v.clone() for k, v in trainable.items() if k.startswith("fusion.")}
+    llm = {k.removeprefix("llm."): v.clone() for k, v in trainable.items() if k.startswith("llm.")}
+    sd.update(lora_state_dict_to_release(llm, prefix="llama_model."))
+    if drop is not None:
+        sd.pop(next(k for k in sd if drop in k))
+    if reshape is not None:
+        key = next(k for k in sd if reshape in k)
+        sd[key] = sd[key][..., :-1]
+    sd.update(extra or {})
+    torch.save({"model": sd, "optimizer": {"state": {}}, "epoch": 30, "config": {"run": {}}}, path)
+    return trainable
+
+
+def test_load_model_dir_and_release_checkpoint(tiny_model_dir, tmp_path):
+    model, tok = load_model(tiny_model_dir, variant="face")
+    tiny = get_preset("tiny")
+    assert model.cfg.vision == tiny.vision and model.cfg.audio == tiny.audio and model.cfg.llm == tiny.llm
+    assert tok.vocab_size <= model.cfg.llm.vocab_size
+
+    trainable = _release_checkpoint(model, tmp_path / "ckpt.pth")
+    fresh, _ = load_model(tiny_model_dir, tmp_path / "ckpt.pth", variant="face")
+    got = fresh.trainable_state_dict()
+    assert set(got) == set(trainable)
+    for k, v in trainable.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_release_checkpoint_key_errors(tiny_model_dir, tmp_path):
+    model, _ = load_model(tiny_model_dir, variant="face")
+    _release_checkpoint(model, tmp_path / "missing.pth", drop="fc_att")
+    with pytest.raises(WeightsError, match=r"missing keys \(1\): fusion\.fc_att"):
+        load_model(tiny_model_dir, tmp_path / "missing.pth", variant="face")
+    _release_checkpoint(model, tmp_path / "extra.pth", extra={"bogus_proj.weight": torch.zeros(2)})
+    with pytest.raises(WeightsError, match="unexpected keys.*bogus_proj"):
+        load_model(tiny_model_dir, tmp_path / "extra.pth", variant="face")
+    _release_checkpoint(model, tmp_path / "shape.pth", reshape="multi_llama_proj.weight")
+    with pytest.raises(WeightsError, match="mis-shaped keys.*multi_llama_proj"):
+        load_model(tiny_model_dir, tmp_path / "shape.pth", variant="face")
+
+
+def test_affectrt_checkpoint_roundtrip(tiny_model_dir, tmp_path):
+    model, _ = load_model(tiny_model_dir, variant="face")
+    trainable = _release_checkpoint(model, tmp_path / "ckpt.pth")
+    save_checkpoint(model, tmp_path / "ckpt.safetensors")
+    tensors, cfg = read_checkpoint(tmp_path / "ckpt.safetensors")
+    assert cfg == model.cfg
+    fresh, _ = load_model(tiny_model_dir, tmp_path / "ckpt.safetensors", variant="face")
+    for k, v in trainable.items():
+        assert torch.equal(fresh.trainable_state_dict()[k], v), k
+
+
+def test_missing_subfolder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no CLIP vision folder"):
+        load_model(tmp_path)
+
+
+def test_whole_path_face_and_frame(tiny_model_dir, tmp_path, clip_path, face_npy):
+    for variant in ("face", "frame"):
+        model, tok = load_model(tiny_model_dir, variant=variant)
+        _release_checkpoint(model, tmp_path / f"{variant}.pth")
+        model, tok = load_model(tiny_model_dir, tmp_path / f"{variant}.pth", variant=variant)
+        pipe = AffectGPTPipeline(model, tok)
+        gen = default_generation(tok, max_new_tokens=8)
+        clip = ClipInput(video=clip_path, subtitle="hello there", face_npy=face_npy)
+        other = ClipInput(
+            video=clip_path, subtitle="a much longer subtitle than the first", face_npy=face_npy
+        )
+        alone = pipe.answer([clip], gen=gen) + pipe.answer([other], gen=gen)
+        together = pipe.answer([clip, other], gen=gen)
+        assert all(isinstance(a, str) for a in alone)
+        assert together == alone  # a left-padded batch answers like each clip alone
+
+
+def test_loss_is_finite_and_masks_prompt(tiny_model_dir, clip_path, face_npy):
+    from affectrt.text.prompts import OVLABEL_QUESTION, build_prompt, ovlabel_answer
+    from affectrt.text.splice import training_batch
+
+    model, tok = load_model(tiny_model_dir, variant="face")
+    pipe = AffectGPTPipeline(model, tok)
+    media = pipe.load_media(ClipInput(video=clip_path, face_npy=face_npy))
+    batch = pipe.preprocess([media, media], ["a", "b"])
+    z_v, z_a = model.encode_video(batch.pixels), model.encode_audio(batch.audio)
+    prompts = [build_prompt(model.cfg, s, OVLABEL_QUESTION) for s in ("a", "bb")]
+    tokens = training_batch(tok, prompts, [ovlabel_answer(["happy"]), ovlabel_answer([])])
+    model.train()
+    loss = model.loss(tokens, z_v, z_a, tok.placeholder_ids)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert all(p.grad is None for p in model.visual_encoder.parameters())
