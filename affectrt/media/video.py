@@ -1,0 +1,232 @@
+"""Frames for the frame model, decoded on the CPU with PyAV exactly as the release's decord reads them.
+
+The release calls `decord.VideoReader(path, height=224, width=224)`, takes `len(vr)` as the frame count N and
+`vr.get_batch(sample_indices(N))` (MODEL_SPEC §1.2). What decord does, and what we reproduce:
+
+- N is the number of *packets* of the best video stream (decord demuxes the whole file once to index it);
+  header frame counts are not used. Frame i is the i-th frame in presentation order (decord sorts its
+  packet index by pts), so on a variable-frame-rate clip indices count frames, not time.
+- Each frame goes through the FFmpeg graph `[transpose…,]scale=W:H` into an rgb24 sink. In decord's bundled
+  FFmpeg 4.1 the scale filter's default flags are `bilinear`, the YUV→RGB matrix is BT.601 and the chroma
+  siting is ignored. PyAV's FFmpeg 8 `sws_scale_frame` honours the frame's chroma location (H.264/HEVC tag
+  it "left"), which moves chroma by a quarter pixel; we hand swscale a copy of the frame without that tag,
+  and the pixels then equal decord's exactly (max abs difference 0 on H.264, HEVC, VP9, MJPEG, VFR clips,
+  up- and downscaling). Known deviation: when the source height already equals the target and only the width
+  is scaled, FFmpeg 8 still sites chroma differently (320×224 → 224×224: max 45, mean 1.1).
+- Rotation metadata: decord applies `transpose` before scaling; we rotate the planes the same way.
+
+We decode only up to the last needed frame, and jump ahead with a keyframe seek when a keyframe lies
+between the current position and the next needed frame. decord is never imported here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from affectrt.media.errors import MediaError
+from affectrt.media.sampling import sample_indices
+
+__all__ = ["count_frames", "read_frames", "read_frames_at", "open_video"]
+
+
+@dataclass(frozen=True)
+class _Index:
+    """What decord's IndexKeyframes learns from one pass over the packets (no decoding)."""
+
+    pts: list[int]  # presentation timestamps in rank order (len == frame count)
+    seek_ranks: list[int]  # ranks of keyframes that are safe seek points (closed GOP), ascending
+
+    def seek_point(self, rank: int) -> int:
+        """The largest safe keyframe rank ≤ rank (0 when none)."""
+        i = bisect.bisect_right(self.seek_ranks, rank) - 1
+        return self.seek_ranks[i] if i >= 0 else 0
+
+
+def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.VideoStream]:
+    """Open `path` and pick the video stream decord would (av_find_best_stream); MediaError otherwise."""
+    if not os.path.exists(path):
+        raise MediaError(path, "file not found", "check the path")
+    try:
+        container = av.open(os.fspath(path))
+    except (av.FFmpegError, OSError) as e:
+        raise MediaError(
+            path, f"cannot open as a media file ({e})", "the file is corrupt or not audio/video"
+        ) from e
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        what = f"the file holds only {', '.join(kinds)}" if kinds else "the file holds no streams"
+        raise MediaError(
+            path, f"no video stream ({what})", "pass a file with a video track, or use the face model"
+        )
+    stream = container.streams.best("video") or container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _index(container: av.container.InputContainer, stream: av.VideoStream, path) -> _Index:
+    packets = []  # (dts order) pts and keyframe flag, as decord's av_read_frame loop records them
+    try:
+        for pkt in container.demux(stream):
+            if pkt.size == 0 and pkt.pts is None:  # PyAV's end-of-stream flush packet, not a file packet
+                continue
+            packets.append((pkt.pts, pkt.is_keyframe))
+    except av.FFmpegError as e:
+        raise MediaError(
+            path, f"cannot read the video packets ({e})", "the file is corrupt; re-encode it"
+        ) from e
+    if not packets:
+        raise MediaError(path, "the video stream has no frames", "pass a non-empty video")
+    if any(p is None for p, _ in packets):  # no timestamps: decode order is all we have, and we never seek
+        return _Index(pts=list(range(len(packets))), seek_ranks=[])
+    pts = sorted(p for p, _ in packets)
+    # A keyframe is a safe seek point when exactly `count` frames precede it in both decode and
+    # presentation order (closed GOP); open-GOP leading frames would otherwise shift every index after it.
+    seek = [i for i, (p, key) in enumerate(packets) if key and i > 0 and pts[i] == p]
+    return _Index(pts=pts, seek_ranks=seek)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """decord's `len(VideoReader(path))`: the number of packets of the best video stream."""
+    container, stream = open_video(path)
+    with container:
+        return len(_index(container, stream, path).pts)
+
+
+_SEEK_MIN_SKIP = 2  # seek only when it skips more than this many frames (a seek flushes the decoder)
+
+
+class _SeekMiss(Exception):
+    """A keyframe seek did not land where the index says; the caller decodes from the start instead."""
+
+
+def _decode_ranks(
+    container, stream, index: _Index, wanted: list[int], allow_seek: bool
+) -> dict[int, av.VideoFrame]:
+    """Frames at the sorted, unique presentation ranks `wanted`, decoding as little as possible."""
+    out: dict[int, av.VideoFrame] = {}
+    frames = None
+    pos = 0  # rank of the next frame `frames` yields
+    last = None
+    for target in wanted:
+        key = index.seek_point(target) if allow_seek else 0
+        if frames is None and key <= _SEEK_MIN_SKIP:
+            key = 0  # the first frames are cheaper to decode than a seek
+        if frames is None or key > pos + _SEEK_MIN_SKIP:
+            if key > 0:
+                container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
+            frames = container.decode(stream)
+            pos = key
+            if key > 0:
+                first = next(frames, None)
+                if first is None or first.pts != index.pts[key]:
+                    raise _SeekMiss
+                last, pos = first, key + 1
+                if key == target:
+                    out[target] = first
+                    continue
+        while pos <= target:
+            frame = next(frames, None)
+            if (
+                frame is None
+            ):  # fewer decodable frames than packets: keep the last one (decord reuses a cached frame)
+                break
+            last, pos = frame, pos + 1
+        if last is None:
+            raise _SeekMiss
+        out[target] = last
+    return out
+
+
+def _strip_chroma_location(frame: av.VideoFrame) -> av.VideoFrame:
+    """A copy of `frame` without its chroma-location tag (FFmpeg 4.1's scale ignored it; FFmpeg 8 does not)."""
+    clean = av.VideoFrame(frame.width, frame.height, frame.format.name)
+    for src, dst in zip(frame.planes, clean.planes):
+        a = np.frombuffer(src, np.uint8).reshape(src.height, src.line_size)
+        b = np.zeros((dst.height, dst.line_size), np.uint8)
+        n = min(src.line_size, dst.line_size)
+        b[:, :n] = a[:, :n]
+        dst.update(b)
+    clean.color_range = frame.color_range
+    clean.colorspace = frame.colorspace
+    return clean
+
+
+def _rotate(frame: av.VideoFrame, clockwise: int) -> av.VideoFrame:
+    """decord's `transpose=1` (90° clockwise), twice (180°) or `transpose=2` (270°), done on the planes."""
+    fmt = frame.format
+    if not fmt.is_planar or fmt.chroma_width(64) != fmt.chroma_height(64):
+        frame = frame.reformat(format="yuv444p")  # packed/4:2:2 sources: rotate a 4:4:4 copy (approximation)
+        fmt = frame.format
+    bpc = 2 if max(c.bits for c in fmt.components) > 8 else 1
+    dtype = np.uint16 if bpc == 2 else np.uint8
+    k = {90: -1, 180: 2, 270: 1}[clockwise]
+    planes = []
+    for p in frame.planes:
+        a = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width * bpc].view(dtype)
+        planes.append(np.ascontiguousarray(np.rot90(a, k)))
+    w, h = (frame.height, frame.width) if clockwise != 180 else (frame.width, frame.height)
+    out = av.VideoFrame(w, h, fmt.name)
+    for a, dst in zip(planes, out.planes):
+        b = np.zeros((dst.height, dst.line_size), np.uint8)
+        raw = a.view(np.uint8).reshape(a.shape[0], -1)
+        b[: raw.shape[0], : raw.shape[1]] = raw
+        dst.update(b)
+    out.color_range = frame.color_range
+    out.colorspace = frame.colorspace
+    return out
+
+
+def _to_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:
+    """[size, size, 3] uint8 RGB: decord's `scale=size:size` (bilinear, aspect ratio not kept) into rgb24."""
+    clockwise = (-int(frame.rotation or 0)) % 360
+    frame = _strip_chroma_location(frame)
+    if clockwise in (90, 180, 270):
+        frame = _rotate(frame, clockwise)
+    return frame.reformat(size, size, format="rgb24", interpolation="BILINEAR").to_ndarray()
+
+
+def _read(path, pick, size: int) -> np.ndarray:
+    container, stream = open_video(path)
+    with container:
+        index = _index(container, stream, path)
+        n = len(index.pts)
+        indices = pick(n)
+        bad = [i for i in indices if not -n <= i < n]
+        if bad:
+            raise MediaError(
+                path, f"frame indices {bad} out of range for {n} frames", "sample within the clip"
+            )
+        ranks = [i % n for i in indices]
+        wanted = sorted(set(ranks))
+        try:
+            try:
+                frames = _decode_ranks(container, stream, index, wanted, allow_seek=True)
+            except _SeekMiss:
+                container.seek(0)
+                frames = _decode_ranks(container, stream, index, wanted, allow_seek=False)
+        except _SeekMiss as e:
+            raise MediaError(
+                path, "no frame could be decoded", "the video stream is corrupt; re-encode it"
+            ) from e
+        except av.FFmpegError as e:
+            raise MediaError(
+                path, f"decoding failed ({e})", "the video stream is corrupt; re-encode it"
+            ) from e
+        rgb = {r: _to_rgb(f, size) for r, f in frames.items()}
+    return np.stack([rgb[r] for r in ranks])
+
+
+def read_frames_at(path: str | os.PathLike, indices: list[int], size: int = 224) -> np.ndarray:
+    """uint8 [len(indices), size, size, 3] RGB: decord's `VideoReader(path, height=size, width=size).get_batch`."""
+    return _read(path, lambda n: list(indices), size)
+
+
+def read_frames(path: str | os.PathLike, n_frames: int = 8, size: int = 224) -> np.ndarray:
+    """uint8 [n_frames, size, size, 3] RGB at the release's indices floor(i·N/n_frames) (MODEL_SPEC §1.2)."""
+    return _read(path, lambda n: sample_indices(n, n_frames), size)
