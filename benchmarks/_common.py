@@ -42,6 +42,16 @@ def stats(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_metadata(device: torch.device) -> dict:
     repo = Path(__file__).resolve().parent.parent
     try:
@@ -53,7 +63,7 @@ def run_metadata(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
+        name = _cpu_name()
     return {
         "device": str(device),
         "device_name": name,
