@@ -54,8 +54,15 @@ def info() -> dict:
         "torch_cuda": torch.version.cuda,
         "devices": devices,
         "build": build_info(),
-        "ops": describe_all(),
+        "ops": _group_by_op(describe_all()),
     }
+
+
+def _group_by_op(rows: list[dict]) -> list[dict]:
+    ops: dict[str, list[dict]] = {}
+    for row in rows:
+        ops.setdefault(row["op"], []).append({k: v for k, v in row.items() if k != "op"})
+    return [{"op": op, "backends": backends} for op, backends in ops.items()]
 
 
 def _print_info(data: dict) -> None:
@@ -64,16 +71,31 @@ def _print_info(data: dict) -> None:
     print("optional: " + ", ".join(f"{k} {v or '-'}" for k, v in data["optional"].items()))
     print(f"devices:  {', '.join(data['devices'])}  (torch CUDA: {data['torch_cuda'] or 'none'})")
     build = data["build"]
-    print("build:")
-    for key, value in build.items():
-        print(f"  {key}: {value}")
+    if not build.get("built", False) and "extensions" not in build:
+        print(f"build:    not built ({build.get('reason', 'no build metadata')})")
+    else:
+        print(
+            f"build:    affectrt {build.get('affectrt_version')} on {build.get('date')} (commit {build.get('git_commit')})"
+        )
+        for ext, state in build.get("extensions", {}).items():
+            print(f"  {ext}: {'built' if state.get('built') else 'not built: ' + str(state.get('reason'))}")
+        cuda = build.get("cuda") or {}
+        if cuda.get("nvcc_version"):
+            print(
+                f"  nvcc {cuda['nvcc_version']}, archs sm_{', sm_'.join(cuda.get('archs', []))}, cudart from {cuda.get('cudart_from')}"
+            )
+            for k in cuda.get("kernels", []):
+                print(
+                    f"    {k['kernel']:<26} {k['arch']}: {k['registers']} registers, "
+                    f"spills {k['spill_stores']}/{k['spill_loads']} bytes (store/load)"
+                )
     print("ops:")
     for op in data["ops"]:
         print(f"  {op['op']}:")
         for b in op["backends"]:
             state = "available" if b["available"] else f"unavailable: {b['reason']}"
             print(
-                f"    {b['name']:<8} [{', '.join(b['devices'])}; {', '.join(b['dtypes'])}; backward={b['has_backward']}] {state}"
+                f"    {b['backend']:<8} [{', '.join(b['devices'])}; {', '.join(b['dtypes'])}; backward={b['has_backward']}] {state}"
             )
 
 

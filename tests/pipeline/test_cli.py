@@ -9,7 +9,7 @@ def test_info_json(capsys):
     assert data["core"]["torch"]
     names = {op["op"] for op in data["ops"]}
     assert "attn_pool" in names
-    eager = [b for op in data["ops"] for b in op["backends"] if b["name"] == "eager"]
+    eager = [b for op in data["ops"] for b in op["backends"] if b["backend"] == "eager"]
     assert eager and all(b["available"] for b in eager)
 
 

@@ -1,0 +1,59 @@
+"""Lazy loaders for the native extensions ``affectrt._C`` (CPU) and ``affectrt._C_cuda`` (CUDA).
+
+Nothing is imported until a kernel is first needed, so ``import affectrt`` never loads libcudart. Each
+loader returns the module or None; ``*_ext_reason()`` says why it is None (the import error text, or
+what the build recorded when the extension was not built).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+
+import torch
+
+# Must match enum DType in csrc/common.h.
+DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+@functools.cache
+def _load(name: str) -> tuple[ModuleType | None, str | None]:
+    try:
+        return importlib.import_module(f"affectrt.{name}"), None
+    except ImportError as e:
+        return None, _explain(name, e)
+
+
+def _explain(name: str, error: ImportError) -> str:
+    from affectrt.build_info import build_info
+
+    record = build_info().get("extensions", {}).get(f"affectrt.{name}")
+    if isinstance(error, ModuleNotFoundError) and error.name == f"affectrt.{name}":
+        if record and not record.get("built"):
+            return f"affectrt.{name} was not built: {record.get('reason')}"
+        return (
+            f"affectrt.{name} is not built (running from a source tree? build it with "
+            f"`pip install -e .` or `python setup.py build_ext --inplace`)"
+        )
+    return f"affectrt.{name} failed to import: {error}"
+
+
+def cpu_ext() -> ModuleType | None:
+    """The CPU kernel module ``affectrt._C``, or None (see :func:`cpu_ext_reason`)."""
+    return _load("_C")[0]
+
+
+def cpu_ext_reason() -> str | None:
+    """Why :func:`cpu_ext` is None; None when it loaded."""
+    return _load("_C")[1]
+
+
+def cuda_ext() -> ModuleType | None:
+    """The CUDA kernel module ``affectrt._C_cuda``, or None (see :func:`cuda_ext_reason`)."""
+    return _load("_C_cuda")[0]
+
+
+def cuda_ext_reason() -> str | None:
+    """Why :func:`cuda_ext` is None; None when it loaded."""
+    return _load("_C_cuda")[1]

@@ -1,0 +1,130 @@
+"""attn_pool: the C++ CPU kernel against the float64 reference, backend selection and input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from affectrt.ops._backends import BackendError, backends, select
+from affectrt.ops._ext import cpu_ext, cpu_ext_reason
+from affectrt.ops.attn_pool import AttnPool, attn_pool, attn_pool_ref
+
+needs_cpu_ext = pytest.mark.skipif(cpu_ext() is None, reason=f"affectrt._C not built: {cpu_ext_reason()}")
+
+# DESIGN §6: error vs float64 <= 2x the plain PyTorch op's error in the same dtype + a floor that scales
+# with the output (the pooled sum grows with T and D).
+FLOOR = {torch.float32: 4e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _inputs(B, T, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, T, D, generator=g)
+    w = torch.randn(D, generator=g) / D**0.5
+    b = torch.randn(1, generator=g)
+    return z.to(dtype), w.to(dtype), b.to(dtype)
+
+
+def _assert_close_to_ref(out, z, w, b):
+    ref = attn_pool_ref(z.double(), w.double(), b.double())  # float64 math on the inputs as given
+    torch_err = (attn_pool_ref(z, w, b).double() - ref).abs().max().item()
+    err = (out.double() - ref).abs().max().item()
+    scale = ref.abs().max().item() if ref.numel() else 0.0
+    bound = 2 * torch_err + FLOOR[z.dtype] * max(scale, 1.0)
+    assert out.dtype == z.dtype and out.shape == (z.shape[0], z.shape[2])
+    assert err <= bound, f"{z.dtype} {tuple(z.shape)}: kernel err {err:.3g} > bound {bound:.3g}"
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 5), (3, 7, 13), (1, 8, 768), (3, 33, 101), (2, 8, 1)])
+def test_cpu_kernel_matches_float64_reference(shape, dtype):
+    z, w, b = _inputs(*shape, dtype)
+    _assert_close_to_ref(attn_pool(z, w, b, backend="cpu"), z, w, b)
+
+
+@needs_cpu_ext
+def test_cpu_kernel_reads_strides():
+    B, T, D = 3, 7, 29
+    base = torch.randn(B, D, 2 * T)
+    z = base.transpose(1, 2)[:, ::2]  # [B, T, D], strides (2TD, 2, 2T)
+    w = torch.randn(1, 2 * D)[:, ::2]  # [1, D], stride 2
+    b = torch.randn(4)[2:3]  # storage offset
+    assert not z.is_contiguous() and w.stride(-1) == 2
+    _assert_close_to_ref(attn_pool(z, w, b, backend="cpu"), z, w, b)
+    zb = torch.randn(1, T, D).expand(B, T, D)  # zero batch stride
+    _assert_close_to_ref(attn_pool(zb, w, b, backend="cpu"), zb, w, b)
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("shape", [(0, 8, 16), (2, 0, 16), (2, 8, 0)])
+def test_cpu_kernel_empty(shape):
+    z, w, b = _inputs(*shape, torch.float32)
+    torch.testing.assert_close(attn_pool(z, w, b, backend="cpu"), attn_pool_ref(z, w, b))
+
+
+@needs_cpu_ext
+def test_fake_tensor_registration():
+    z, w, b = _inputs(2, 8, 16, torch.float32)
+    torch.library.opcheck(
+        torch.ops.affectrt.attn_pool_native.default, (z, w, b), test_utils=("test_schema", "test_faketensor")
+    )
+
+
+def test_auto_selection():
+    z, w, b = _inputs(2, 8, 16, torch.float32)
+    inputs = {"z": z, "weight": w, "bias": b}
+    expected = "cpu" if cpu_ext() is not None else "eager"
+    assert select("attn_pool", inputs, "auto", needs_grad=False).name == expected
+    assert select("attn_pool", inputs, "auto", needs_grad=True).name == "eager"
+    z64 = z.double()
+    assert select("attn_pool", {"z": z64, "weight": w.double(), "bias": b.double()}).name == "eager"
+    assert [x.name for x in backends("attn_pool")] == ["cuda", "cpu", "eager"]
+
+
+def test_auto_with_gradients_uses_eager():
+    z, w, b = _inputs(2, 5, 12, torch.float32)
+    z.requires_grad_(True)
+    w.requires_grad_(True)
+    out = attn_pool(z, w, b)
+    out.square().sum().backward()
+    z2, w2 = z.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    attn_pool_ref(z2, w2, b).square().sum().backward()
+    torch.testing.assert_close(z.grad, z2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+    with torch.no_grad():  # no graph needed: the native kernel may run
+        torch.testing.assert_close(attn_pool(z, w, b), attn_pool_ref(z, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_explicit_backend_errors():
+    z, w, b = _inputs(2, 8, 16, torch.float32)
+    with pytest.raises(BackendError, match="runs on cuda"):
+        attn_pool(z, w, b, backend="cuda")
+    with pytest.raises(BackendError, match="unknown backend 'triton'"):
+        attn_pool(z, w, b, backend="triton")
+    with pytest.raises(BackendError, match="dtype float64"):
+        attn_pool(z.double(), w.double(), b.double(), backend="cpu")
+    with pytest.raises(BackendError, match="forward only"):
+        attn_pool(z.requires_grad_(True), w, b, backend="cpu")
+
+
+def test_input_checks_name_the_argument():
+    z, w, b = _inputs(2, 8, 16, torch.float32)
+    with pytest.raises(ValueError, match="z must be 3-D"):
+        attn_pool(z[0], w, b)
+    with pytest.raises(ValueError, match="weight must be"):
+        attn_pool(z, w[:-1], b)
+    with pytest.raises(ValueError, match="bias must hold exactly one"):
+        attn_pool(z, w, torch.zeros(2))
+    with pytest.raises(TypeError, match="weight has dtype"):
+        attn_pool(z, w.half(), b)
+    with pytest.raises(TypeError, match="z must be a floating-point"):
+        attn_pool(z.long(), w, b)
+
+
+def test_module_matches_linear_layout():
+    torch.manual_seed(0)
+    m = AttnPool(24)
+    assert set(m.state_dict()) == {"weight", "bias"} and m.weight.shape == (1, 24)
+    z = torch.randn(3, 8, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(m(z), attn_pool_ref(z, m.weight, m.bias), rtol=1e-5, atol=1e-5)
