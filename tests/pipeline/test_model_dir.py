@@ -15,17 +15,11 @@ def _release_checkpoint(
     model, path, drop: str | None = None, extra: dict | None = None, reshape: str | None = None
 ):
     """Give every trainable tensor random values and save them as the release does (``{"model": ...}``)."""
-    from affectrt.models.lora import lora_state_dict_to_release
+    from affectrt.testing.hf_models import randomize_trainable, release_state_dict
 
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    randomize_trainable(model)
     trainable = model.trainable_state_dict()
-    sd = {k.removeprefix("fusion."): v.clone() for k, v in trainable.items() if k.startswith("fusion.")}
-    llm = {k.removeprefix("llm."): v.clone() for k, v in trainable.items() if k.startswith("llm.")}
-    sd.update(lora_state_dict_to_release(llm, prefix="llama_model."))
+    sd = release_state_dict(model)
     if drop is not None:
         sd.pop(next(k for k in sd if drop in k))
     if reshape is not None:

@@ -1,0 +1,261 @@
+"""The reference: AffectGPT's inference path as the upstream release runs it, built from ``transformers``/``peft``.
+
+This is the yardstick of the parity tests and the baseline of ``benchmarks/latency.py``: one clip at a time,
+``transformers`` models (CLIPModel, HubertModel, Qwen2ForCausalLM) with unmerged ``peft`` LoRA, frames through
+PIL and ``CLIPImageProcessor``, audio through ``Wav2Vec2FeatureExtractor`` with the device → host → device
+round trips of the release, the fusion head as the release's sequence of small eager ops, and HF ``generate``
+with a stopping criterion that, like the release's, checks only row 0.
+
+Where the release uses a library that cannot be installed here the nearest equivalent is used and said:
+decord for frames when installed (else affectrt's decord-exact PyAV reader); OpenCV for faces when installed;
+affectrt's torchaudio-equivalent resampler for audio (torchaudio has no build for this torch). The release's
+unused ImageBind fbank features are not computed, which makes this baseline faster than the real one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from affectrt.checkpoint import AUDIO_DIRS, LLM_DIRS, VISION_DIRS, find_subdir
+from affectrt.config import AffectGPTConfig
+from affectrt.media.sampling import sample_indices
+from affectrt.text.prompts import QUESTIONS, build_prompt, postprocess_answer
+
+
+@dataclass
+class UpstreamModels:
+    clip: torch.nn.Module
+    clip_processor: object
+    hubert: torch.nn.Module
+    feature_extractor: object
+    llm: torch.nn.Module  # peft model
+    tokenizer: object  # transformers PreTrainedTokenizerFast
+    fusion: dict[str, Tensor]  # release key names → tensors
+    cfg: AffectGPTConfig
+    device: torch.device
+
+
+def load_upstream(
+    model_dir: str | Path, release_sd: dict[str, Tensor], cfg: AffectGPTConfig, device: str = "cpu"
+) -> UpstreamModels:
+    """Build the reference from the same Hugging Face folders and release-format trainable tensors."""
+    import peft
+    import transformers
+
+    from affectrt.config import PLACEHOLDER_TOKENS
+
+    dev = torch.device(device)
+    vision_dir = find_subdir(model_dir, VISION_DIRS, "CLIP vision")
+    audio_dir = find_subdir(model_dir, AUDIO_DIRS, "HuBERT audio")
+    llm_dir = find_subdir(model_dir, LLM_DIRS, "Qwen2.5 LLM")
+    clip = transformers.CLIPModel.from_pretrained(vision_dir).to(dev).eval()
+    m = cfg.media
+    processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": m.image_size},
+        crop_size={"height": m.image_size, "width": m.image_size},
+        image_mean=list(m.clip_mean),
+        image_std=list(m.clip_std),
+    )
+    hubert = transformers.HubertModel.from_pretrained(audio_dir).to(dev).eval()
+    extractor = transformers.Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=m.sample_rate, padding_value=0.0, do_normalize=True
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(llm_dir / "tokenizer.json"))
+    tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDER_TOKENS)})
+    base = transformers.Qwen2ForCausalLM.from_pretrained(llm_dir).to(dev)
+    lora = cfg.lora
+    llm = peft.get_peft_model(
+        base,
+        peft.LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.targets),
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    prefix = "llama_model."
+    adapters = {k.removeprefix(prefix): v for k, v in release_sd.items() if k.startswith(prefix)}
+    missing = set(adapters) - set(llm.state_dict())
+    if missing:
+        raise KeyError(f"LoRA keys the peft model lacks: {sorted(missing)[:4]}")
+    llm.load_state_dict(adapters, strict=False)
+    llm.eval()
+    fusion = {k: v.to(dev) for k, v in release_sd.items() if not k.startswith(prefix)}
+    return UpstreamModels(clip, processor, hubert, extractor, llm, tokenizer, fusion, cfg, dev)
+
+
+# ------------------------------------------------------------------------------------------ media (CPU)
+
+
+def read_visual(up: UpstreamModels, video: str | Path | None, face_npy: str | Path | None) -> Tensor:
+    """``raw_frame`` / ``raw_face`` of the release: float [3, T, 224, 224] on the CPU."""
+    n, size = up.cfg.media.n_frames, up.cfg.media.image_size
+    if up.cfg.visual_input == "face":
+        faces = np.load(face_npy)
+        try:
+            import cv2
+
+            resized = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in faces])
+        except ImportError:
+            from affectrt.media.faces import resize_linear_u8
+
+            resized = np.stack([resize_linear_u8(f, size, size) for f in faces])
+        frames = resized[sample_indices(len(resized), n)]
+    else:
+        try:
+            import decord
+
+            vr = decord.VideoReader(str(video), height=size, width=size)
+            frames = vr.get_batch(sample_indices(len(vr), n)).asnumpy()
+        except ImportError:
+            from affectrt.media.video import read_frames
+
+            frames = read_frames(video, n_frames=n, size=size)
+    return torch.from_numpy(frames).float().permute(3, 0, 1, 2)
+
+
+def read_audio(up: UpstreamModels, path: str | Path) -> Tensor:
+    """``raw_audio`` of the release: [T, 1, 32000] on the CPU (``load_audio``)."""
+    from affectrt.media.audio import load_audio_windows
+
+    m = up.cfg.media
+    windows = load_audio_windows(
+        path, sample_rate=m.sample_rate, n_clips=m.n_audio_clips, clip_seconds=m.clip_seconds
+    )
+    return windows[:, None, :]
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def _autocast(up: UpstreamModels):
+    return torch.autocast(up.device.type, dtype=torch.float16, enabled=up.device.type == "cuda")
+
+
+@torch.inference_mode()
+def encode_visual(up: UpstreamModels, raw: Tensor) -> Tensor:
+    """The release's CLIP wrapper: every frame back to the host, through PIL and the processor. -> [1, T, d_v]."""
+    from PIL import Image
+
+    raw = raw.to(up.device)[None]  # postprocess_*: to the GPU
+    b, c, t, h, w = raw.shape
+    frames = raw.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c)
+    images = [Image.fromarray(f.cpu().numpy().astype(np.uint8)) for f in frames]
+    pixels = up.clip_processor(images, return_tensors="pt").pixel_values.to(up.device)
+    with _autocast(up):
+        feats = up.clip.get_image_features(pixel_values=pixels)
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    return feats.view(b, t, -1)
+
+
+@torch.inference_mode()
+def encode_audio(up: UpstreamModels, raw: Tensor) -> Tensor:
+    """The release's HuBERT wrapper: joint normalisation on the host, last-4 average, time mean. -> [1, T, d_a]."""
+    raw = raw.to(up.device)[None]  # [1, T, 1, S]
+    b, t = raw.shape[:2]
+    flat = raw[:, :, 0, :].reshape(b * t, -1)
+    values = up.feature_extractor(flat.cpu(), sampling_rate=up.cfg.media.sample_rate, return_tensors="pt")
+    values = values.input_values[0].to(up.device)
+    with _autocast(up):
+        out = up.hubert(values, output_hidden_states=True)
+    # transformers 4.49 (the release) returns LN(last layer) as the last hidden state; 5.x returns it before
+    # the final LayerNorm, so take last_hidden_state for that entry.
+    states = [*out.hidden_states[-up.cfg.audio.pool_last_layers : -1], out.last_hidden_state]
+    feats = torch.stack(states).mean(0).mean(1)
+    return feats.view(b, t, -1)
+
+
+@torch.inference_mode()
+def fuse(up: UpstreamModels, z_v: Tensor, z_a: Tensor) -> dict[str, Tensor]:
+    """The released "attention" fusion as the release writes it (MODEL_SPEC §1.4, §1.5a)."""
+    f = up.fusion
+    lin = torch.nn.functional.linear
+    with _autocast(up):
+        att_v = lin(z_v, f["video_attention_mlp.weight"], f["video_attention_mlp.bias"])  # [B,T,1]
+        h_v = lin(torch.sum(z_v * att_v, dim=1), f["affectgpt_proj.weight"], f["affectgpt_proj.bias"])
+        att_a = lin(z_a, f["audio_attention_mlp.weight"], f["audio_attention_mlp.bias"])
+        h_a = lin(torch.sum(z_a * att_a, dim=1), f["audio_llama_proj.weight"], f["audio_llama_proj.bias"])
+        u_v = lin(z_v.mean(1), f["multi_video_embs.weight"], f["multi_video_embs.bias"])
+        u_a = lin(z_a.mean(1), f["multi_audio_embs.weight"], f["multi_audio_embs.bias"])
+        att = lin(torch.cat([u_v, u_a], dim=1), f["attention_mlp.weight"], f["attention_mlp.bias"])
+        gate = lin(att, f["fc_att.weight"], f["fc_att.bias"])  # [B, 2], no softmax
+        stacked = torch.stack([u_v, u_a], dim=2)  # [B, 1024, 2]
+        fused = torch.matmul(stacked, gate.unsqueeze(-1)).squeeze(-1)
+        h_m = lin(fused, f["multi_llama_proj.weight"], f["multi_llama_proj.bias"])
+    video_token = "<FaceHere>" if up.cfg.visual_input == "face" else "<FrameHere>"
+    return {"<MultiHere>": h_m[:, None], "<AudioHere>": h_a[:, None], video_token: h_v[:, None]}
+
+
+@torch.inference_mode()
+def prompt_embeds(up: UpstreamModels, feats: dict[str, Tensor], subtitle: str, question: str) -> Tensor:
+    """``answer_sample``'s splicing: placeholder ids → 0, embed, concatenate the features in. -> [1, L, D]."""
+    prompt = build_prompt(up.cfg, subtitle, QUESTIONS.get(question, question))
+    ids = up.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(up.device)
+    embed = up.llm.get_input_embeddings()
+    tok_ids = {name: up.tokenizer.convert_tokens_to_ids(name) for name in feats}
+    clean = ids.clone()
+    for tid in tok_ids.values():
+        clean[clean == tid] = 0
+    embeds = embed(clean)
+    for name, tid in tok_ids.items():
+        start = int((ids[0] == tid).nonzero()[0, 0])
+        k = feats[name].shape[1]
+        embeds = torch.cat([embeds[:, :start], feats[name].to(embeds.dtype), embeds[:, start + k :]], dim=1)
+    return embeds
+
+
+@torch.inference_mode()
+def generate_ids(
+    up: UpstreamModels, embeds: Tensor, max_new_tokens: int, stop_sequences, do_sample: bool = False
+):
+    """HF ``generate`` with the release's row-0 stopping criterion. Returns the generated ids of row 0."""
+    import transformers
+
+    class StopOnRow0(transformers.StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            row = input_ids[0].tolist()
+            done = any(len(s) <= len(row) and tuple(row[-len(s) :]) == tuple(s) for s in stop_sequences)
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    out = up.llm.generate(
+        inputs_embeds=embeds,
+        attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        top_p=0.9 if do_sample else None,
+        top_k=20 if do_sample else None,
+        temperature=1.0 if do_sample else None,
+        num_beams=1,
+        repetition_penalty=1.0,
+        stopping_criteria=transformers.StoppingCriteriaList([StopOnRow0()]),
+        pad_token_id=up.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        eos_token_id=None,
+    )
+    return out[0].tolist()
+
+
+def answer(
+    up: UpstreamModels,
+    video: str | Path | None,
+    subtitle: str,
+    face_npy: str | Path | None = None,
+    audio: str | Path | None = None,
+    question: str = "ovlabel",
+    max_new_tokens: int = 64,
+    stop_sequences=(),
+) -> tuple[str, list[int]]:
+    """One clip end to end, as ``inference_hybird.py`` does it. Returns (text, generated ids)."""
+    z_v = encode_visual(up, read_visual(up, video, face_npy))
+    z_a = encode_audio(up, read_audio(up, audio or video))
+    embeds = prompt_embeds(up, fuse(up, z_v, z_a), subtitle, question)
+    ids = generate_ids(up, embeds, max_new_tokens, stop_sequences)
+    eos = up.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    text_ids = ids[: ids.index(eos)] if eos in ids else ids
+    return postprocess_answer(up.tokenizer.decode(text_ids, skip_special_tokens=True)), ids
