@@ -1,12 +1,20 @@
-"""End-to-end latency of one clip (or a batch), stage by stage, on the device present.
+"""End-to-end latency of AffectGPT, stage by stage: affectrt against the upstream-style reference.
 
-    python benchmarks/latency.py                       # small preset, a clip it makes itself, CPU or CUDA
-    python benchmarks/latency.py --batch 4 --repeats 5 --json-out bench_results/latency.json
+    python benchmarks/latency.py                          # small preset, 1 clip, CPU or CUDA, both paths
+    python benchmarks/latency.py --throughput 32 --batch 8  # + clips/s over 32 clips (PERFORMANCE target 1)
+    python benchmarks/latency.py --no-baseline --device cuda
 
-Stages: decode (PyAV decode + sampling of 8 frames and 8 audio windows), preprocess (CLIP and HuBERT
-normalisation, host → device), encoders (CLIP + HuBERT), fusion (token compression + pre-fusion), prefill
-(prompt splice + the LLM over the prompt + the first token), decode (each further token, per token).
-Weights are random (no downloads); the work per stage is the real computation of the preset's sizes.
+Both paths load the same Hugging Face folders (random weights of the preset's sizes, written once with
+``transformers`` under bench_results/models/) and the same release-format checkpoint, and run the same clip
+(made once with PyAV). The baseline (``affectrt.testing.upstream``) runs as the release does: batch 1,
+``transformers`` models, unmerged ``peft`` LoRA, frames through PIL and the CLIP processor, audio through the
+Wav2Vec2 feature extractor with host round trips, HF ``generate``.
+
+Stages: decode (frames + 8 audio windows from the file), preprocess (CLIP / HuBERT input normalisation),
+encoders (CLIP + HuBERT), fusion (token compression + pre-fusion), prefill (prompt splice + LLM over the prompt
++ first token), decode/token (each further token). Every run decodes exactly ``--new-tokens`` tokens (no stop
+strings) so both paths do the same work. Timings are medians with p20/p80 over ``--repeats`` runs, A and B
+interleaved in one process; the speed-up column is baseline / affectrt.
 """
 
 from __future__ import annotations
@@ -14,96 +22,229 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_clip, run_metadata, stats, time_call  # noqa: E402
+from _common import make_clip, run_metadata, stats, sync, time_call  # noqa: E402
 
+from affectrt.checkpoint import load_model  # noqa: E402
 from affectrt.config import get_preset  # noqa: E402
 from affectrt.generate import GenerationConfig  # noqa: E402
-from affectrt.models.affectgpt import AffectGPT  # noqa: E402
 from affectrt.pipeline import AffectGPTPipeline, ClipInput  # noqa: E402
-from affectrt.text.tokenizer import byte_level_tokenizer  # noqa: E402
 
 SUBTITLE = "I really did not expect to see you here today, and honestly I am not sure how I feel about it."
+STAGES = ("decode", "preprocess", "encoders", "fusion", "prefill", "decode/token")
+
+
+def prepare_models(preset: str, variant: str, device: torch.device, baseline: bool):
+    """affectrt's pipeline (and the reference) from one model folder and one release checkpoint."""
+    from affectrt.testing.hf_models import randomize_trainable, release_state_dict, write_hf_model_dir
+
+    cfg = get_preset(preset).replace(visual_input=variant)
+    root = write_hf_model_dir(cfg, Path("bench_results/models") / preset, bpe=True)
+    ckpt = root / f"affectgpt_{variant}.pth"
+    if not ckpt.is_file():
+        model, _ = load_model(root, variant=variant)
+        randomize_trainable(model, seed=3)
+        torch.save({"model": release_state_dict(model)}, ckpt)
+    model, tokenizer = load_model(root, ckpt, variant=variant)
+    pipe = AffectGPTPipeline(model, tokenizer, device=device)
+    up = None
+    if baseline:
+        from affectrt.testing import upstream
+
+        sd = torch.load(ckpt, weights_only=True)["model"]
+        up = upstream.load_upstream(root, sd, model.cfg, device=str(device))
+    return pipe, up
+
+
+def affectrt_stages(pipe: AffectGPTPipeline, clips: list[ClipInput], n_new: int):
+    """Callables per stage for a batch of clips, each running on the previous stage's cached output."""
+
+    def gen(n: int) -> GenerationConfig:
+        return GenerationConfig(max_new_tokens=n, do_sample=False, stop_sequences=(), eos_token_id=None)
+
+    subs = [c.subtitle for c in clips]
+    media = [pipe.load_media(c) for c in clips]
+    batch = pipe.preprocess(media, subs)
+    z_v, z_a = pipe.encode(batch)
+    feats = pipe.fuse(z_v, z_a)
+
+    def answer(n: int) -> None:
+        e, m = pipe.prompt_embeds(feats, subs, "ovlabel")
+        pipe.generate(e, m, gen(n))
+
+    return {
+        "decode": lambda: [pipe.load_media(c) for c in clips],
+        "preprocess": lambda: pipe.preprocess(media, subs),
+        "encoders": lambda: pipe.encode(batch),
+        "fusion": lambda: pipe.fuse(z_v, z_a),
+        "prefill": lambda: answer(1),
+        "full": lambda: answer(1 + n_new),
+    }
+
+
+def baseline_stages(up, clip: ClipInput, n_new: int):
+    from affectrt.testing import upstream
+
+    raw_v = upstream.read_visual(up, clip.video, clip.face_npy)
+    raw_a = upstream.read_audio(up, clip.audio or clip.video)
+    pixels, values = upstream.preprocess_visual(up, raw_v), upstream.preprocess_audio(up, raw_a)
+    z_v, z_a = upstream.clip_forward(up, pixels), upstream.hubert_forward(up, values)
+    feats = upstream.fuse(up, z_v, z_a)
+
+    def answer(n: int) -> None:
+        embeds = upstream.prompt_embeds(up, feats, clip.subtitle, "ovlabel")
+        upstream.generate_ids(up, embeds, n, stop_sequences=())
+
+    return {
+        "decode": lambda: (
+            upstream.read_visual(up, clip.video, clip.face_npy),
+            upstream.read_audio(up, clip.audio or clip.video),
+        ),
+        "preprocess": lambda: (upstream.preprocess_visual(up, raw_v), upstream.preprocess_audio(up, raw_a)),
+        "encoders": lambda: (upstream.clip_forward(up, pixels), upstream.hubert_forward(up, values)),
+        "fusion": lambda: upstream.fuse(up, z_v, z_a),
+        "prefill": lambda: answer(1),
+        "full": lambda: answer(1 + n_new),
+    }
+
+
+def measure(stage_fns: dict, device: torch.device, repeats: int, n_new: int) -> dict[str, list[float]]:
+    times = {
+        s: time_call(stage_fns[s], device, repeats) for s in ("decode", "preprocess", "encoders", "fusion")
+    }
+    times["prefill"], times["decode/token"] = [], []
+    stage_fns["full"]()  # warm-up
+    for _ in range(repeats):
+        # a token's cost: the full answer minus the prefill-only run, timed back to back
+        first = time_call(stage_fns["prefill"], device, 1, warmup=0)[0]
+        full = time_call(stage_fns["full"], device, 1, warmup=0)[0]
+        times["prefill"].append(first)
+        times["decode/token"].append(max(full - first, 0.0) / n_new)
+    return times
+
+
+def end_to_end(stages: dict[str, dict], n_new: int) -> float:
+    return sum(stages[s]["median_ms"] for s in STAGES[:-1]) + n_new * stages["decode/token"]["median_ms"]
+
+
+def throughput(pipe, up, clips: list[ClipInput], batch: int, n_new: int, device: torch.device) -> dict:
+    """clips/s over the whole list: affectrt in batches of ``batch``, the baseline one clip at a time."""
+    from affectrt.testing import upstream
+
+    gen = GenerationConfig(max_new_tokens=n_new, do_sample=False, stop_sequences=(), eos_token_id=None)
+
+    def ours() -> None:
+        for i in range(0, len(clips), batch):
+            chunk = clips[i : i + batch]
+            b = pipe.preprocess([pipe.load_media(c) for c in chunk], [c.subtitle for c in chunk])
+            e, m = pipe.prompt_embeds(pipe.fuse(*pipe.encode(b)), b.subtitles, "ovlabel")
+            pipe.generate(e, m, gen)
+
+    def theirs() -> None:
+        for c in clips:
+            z_v = upstream.encode_visual(up, upstream.read_visual(up, c.video, c.face_npy))
+            z_a = upstream.encode_audio(up, upstream.read_audio(up, c.audio or c.video))
+            upstream.generate_ids(
+                up, upstream.prompt_embeds(up, upstream.fuse(up, z_v, z_a), c.subtitle, "ovlabel"), n_new, ()
+            )
+
+    out = {}
+    for name, fn in (("affectrt", ours), ("baseline", theirs)) if up is not None else (("affectrt", ours),):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out[name] = len(clips) / (time.perf_counter() - t0)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--variant", choices=("frame", "face"), default="frame")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1, help="clips per affectrt batch")
     ap.add_argument("--new-tokens", type=int, default=16, help="tokens decoded after the first")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--clip", type=Path, default=None, help="video to use (default: a generated 3 s clip)")
+    ap.add_argument("--no-baseline", action="store_true", help="time affectrt only")
+    ap.add_argument(
+        "--throughput", type=int, default=0, metavar="N", help="also measure clips/s over N clips"
+    )
     ap.add_argument("--json-out", type=Path, default=Path("bench_results/latency.json"))
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    cfg = get_preset(args.preset).replace(visual_input="frame")
-    tokenizer = byte_level_tokenizer()
-    model = AffectGPT(cfg)
-    pipe = AffectGPTPipeline(model, tokenizer, device=device)
+    pipe, up = prepare_models(args.preset, args.variant, device, baseline=not args.no_baseline)
     clip_path = args.clip or make_clip(Path("bench_results/clips/latency_clip.mp4"))
-    clips = [ClipInput(video=clip_path, subtitle=SUBTITLE)] * args.batch
+    face_npy = None
+    if args.variant == "face":
+        import numpy as np
 
-    # Fixed-length decoding: no stop sequences, so every run decodes exactly the same number of tokens.
-    def gen_cfg(n: int) -> GenerationConfig:
-        return GenerationConfig(max_new_tokens=n, do_sample=False, stop_sequences=(), eos_token_id=None)
+        face_npy = Path("bench_results/clips/latency_faces.npy")
+        np.save(face_npy, np.random.default_rng(0).integers(0, 256, (75, 112, 112, 3), dtype=np.uint8))
+    clip = ClipInput(video=clip_path, subtitle=SUBTITLE, face_npy=face_npy)
 
-    media = [pipe.load_media(c) for c in clips]
-    batch = pipe.preprocess(media, [c.subtitle for c in clips])
-    z_v, z_a = pipe.encode(batch)
-    feats = pipe.fuse(z_v, z_a)
-    embeds, mask = pipe.prompt_embeds(feats, batch.subtitles, "ovlabel")
-
-    def answer(n_tokens: int) -> None:
-        e, m = pipe.prompt_embeds(feats, batch.subtitles, "ovlabel")
-        pipe.generate(e, m, gen_cfg(n_tokens))
-
-    r = args.repeats
-    times = {
-        "decode": time_call(lambda: [pipe.load_media(c) for c in clips], device, r),
-        "preprocess": time_call(lambda: pipe.preprocess(media, [c.subtitle for c in clips]), device, r),
-        "encoders": time_call(lambda: pipe.encode(batch), device, r),
-        "fusion": time_call(lambda: pipe.fuse(z_v, z_a), device, r),
-        "prefill": [],
-        "decode/token": [],
-    }
-    answer(1 + args.new_tokens)  # warm-up
-    # Prefill (splice + prompt + first token) and the full answer are timed back to back; a token's cost is
-    # their difference over the extra tokens.
-    for _ in range(r):
-        first = time_call(lambda: answer(1), device, 1, warmup=0)[0]
-        full = time_call(lambda: answer(1 + args.new_tokens), device, 1, warmup=0)[0]
-        times["prefill"].append(first)
-        times["decode/token"].append((full - first) / args.new_tokens)
-
+    ours = measure(
+        affectrt_stages(pipe, [clip] * args.batch, args.new_tokens), device, args.repeats, args.new_tokens
+    )
     result = {
         **run_metadata(device),
         "preset": args.preset,
+        "variant": args.variant,
         "batch": args.batch,
-        "prompt_tokens": int(mask.shape[1]),
+        "prompt_tokens": len(pipe.tokenizer.encode(pipe.prompts([SUBTITLE], "ovlabel")[0])),
         "new_tokens": args.new_tokens,
-        "stages": {k: stats(v) for k, v in times.items()},
+        "command": "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "affectrt": {k: stats(v) for k, v in ours.items()},
     }
-    total = sum(
-        result["stages"][k]["median_ms"] for k in ("decode", "preprocess", "encoders", "fusion", "prefill")
-    )
-    total += args.new_tokens * result["stages"]["decode/token"]["median_ms"]
-    result["end_to_end_ms"] = total
+    result["affectrt_end_to_end_ms"] = end_to_end(result["affectrt"], args.new_tokens)
+    if up is not None:
+        theirs = measure(baseline_stages(up, clip, args.new_tokens), device, args.repeats, args.new_tokens)
+        result["baseline"] = {k: stats(v) for k, v in theirs.items()}
+        result["baseline_end_to_end_ms"] = end_to_end(result["baseline"], args.new_tokens)
+    if args.throughput:
+        result["clips_per_s"] = throughput(
+            pipe, up, [clip] * args.throughput, args.batch, args.new_tokens, device
+        )
 
     print(
-        f"affectrt latency: preset={args.preset} device={result['device_name']} ({device}) batch={args.batch} "
-        f"prompt={result['prompt_tokens']} tok, new={args.new_tokens} tok, commit {result['commit']}"
+        f"AffectGPT latency, preset '{args.preset}' ({args.variant}), {result['device_name']} ({device}), "
+        f"batch {args.batch}, prompt {result['prompt_tokens']} tokens + {args.new_tokens} new, commit {result['commit']}"
     )
-    print(f"{'stage':<14}{'median ms':>12}{'p20':>10}{'p80':>10}")
-    for name, s in result["stages"].items():
-        print(f"{name:<14}{s['median_ms']:>12.2f}{s['p20_ms']:>10.2f}{s['p80_ms']:>10.2f}")
-    print(f"{'end to end':<14}{total:>12.2f}")
+    print(
+        f"{'stage':<14}{'affectrt ms':>13}{'(p20-p80)':>17}"
+        + (f"{'baseline ms':>14}{'speed-up':>10}" if up else "")
+    )
+    for name in STAGES:
+        a = result["affectrt"][name]
+        spread = f"({a['p20_ms']:.1f}-{a['p80_ms']:.1f})"
+        line = f"{name:<14}{a['median_ms']:>13.2f}{spread:>17}"
+        if up is not None:
+            b = result["baseline"][name]
+            line += f"{b['median_ms']:>14.2f}{b['median_ms'] / max(a['median_ms'], 1e-9):>9.2f}x"
+        print(line)
+    line = f"{'end to end':<14}{result['affectrt_end_to_end_ms']:>13.2f}{'':>17}"
+    if up is not None:
+        e2e = result["baseline_end_to_end_ms"]
+        line += f"{e2e:>14.2f}{e2e / result['affectrt_end_to_end_ms']:>9.2f}x"
+    print(line)
+    if args.batch > 1:
+        print(f"(affectrt times are for a batch of {args.batch} clips; the baseline's for one clip)")
+    if "clips_per_s" in result:
+        tp = result["clips_per_s"]
+        msg = f"throughput over {args.throughput} clips: affectrt {tp['affectrt']:.2f} clips/s (batch {args.batch})"
+        if "baseline" in tp:
+            msg += (
+                f", baseline {tp['baseline']:.2f} clips/s (batch 1): {tp['affectrt'] / tp['baseline']:.2f}x"
+            )
+        print(msg)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json_out}")

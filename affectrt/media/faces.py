@@ -24,7 +24,7 @@ import numpy as np
 from affectrt.media.errors import MediaError
 from affectrt.media.sampling import sample_indices
 
-__all__ = ["load_faces", "resize_linear_u8"]
+__all__ = ["load_faces", "pick_faces", "resize_linear_u8"]
 
 _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS
@@ -71,8 +71,8 @@ def resize_linear_u8(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8).reshape(*img.shape[:-3], height, width, c)
 
 
-def load_faces(npy_path: str | os.PathLike, n_frames: int = 8, size: int = 224) -> np.ndarray:
-    """uint8 [n_frames, size, size, 3] **BGR** faces from an OpenFace `.npy` of [N, H, W, 3] uint8 crops."""
+def pick_faces(npy_path: str | os.PathLike, n_frames: int = 8) -> np.ndarray:
+    """uint8 [n_frames, H, W, 3] BGR crops at `sample_indices(N)` of an OpenFace `.npy`, not resized."""
     try:
         faces = np.load(os.fspath(npy_path), mmap_mode="r", allow_pickle=False)
     except FileNotFoundError as e:
@@ -95,5 +95,9 @@ def load_faces(npy_path: str | os.PathLike, n_frames: int = 8, size: int = 224) 
             "holds 0 faces (OpenFace found no face in the clip)",
             "use the frame model for this clip, or drop it",
         )
-    picked = np.ascontiguousarray(faces[sample_indices(faces.shape[0], n_frames)])
-    return resize_linear_u8(picked, size, size)
+    return np.ascontiguousarray(faces[sample_indices(faces.shape[0], n_frames)])
+
+
+def load_faces(npy_path: str | os.PathLike, n_frames: int = 8, size: int = 224) -> np.ndarray:
+    """uint8 [n_frames, size, size, 3] **BGR** faces from an OpenFace `.npy` of [N, H, W, 3] uint8 crops."""
+    return resize_linear_u8(pick_faces(npy_path, n_frames), size, size)

@@ -31,7 +31,7 @@ import numpy as np
 from affectrt.media.errors import MediaError
 from affectrt.media.sampling import sample_indices
 
-__all__ = ["count_frames", "read_frames", "read_frames_at", "open_video"]
+__all__ = ["VideoInfo", "count_frames", "open_video", "probe_video", "read_frames", "read_frames_at"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,45 @@ def count_frames(path: str | os.PathLike) -> int:
     container, stream = open_video(path)
     with container:
         return len(_index(container, stream, path).pts)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a GPU decoder needs to know before it is handed a file (see `probe_video`)."""
+
+    n_frames: int  # decord's len(VideoReader): packets of the best video stream
+    codec: str  # FFmpeg decoder name: "h264", "hevc", "vp9", "av1", "mjpeg", ...
+    pix_fmt: str  # "yuv420p", "yuv420p10le", "yuv444p", ...
+    width: int
+    height: int
+    rotation: int  # clockwise degrees decord would rotate by (0, 90, 180, 270)
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Frame count, codec, pixel format and display rotation of the best video stream.
+
+    The count demuxes the whole file (as decord does); the rotation needs one decoded frame, because
+    PyAV exposes the display matrix only on frames.
+    """
+    container, stream = open_video(path)
+    with container:
+        n = len(_index(container, stream, path).pts)
+        cc = stream.codec_context
+        codec, pix_fmt, width, height = cc.name, cc.pix_fmt or "", cc.width, cc.height
+    container, stream = open_video(path)
+    with container:
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError as e:
+            raise MediaError(
+                path, f"decoding failed ({e})", "the video stream is corrupt; re-encode it"
+            ) from e
+    if first is None:
+        raise MediaError(path, "no frame could be decoded", "the video stream is corrupt; re-encode it")
+    clockwise = (-int(first.rotation or 0)) % 360
+    return VideoInfo(
+        n, codec, first.format.name or pix_fmt, first.width or width, first.height or height, clockwise
+    )
 
 
 _SEEK_MIN_SKIP = 2  # seek only when it skips more than this many frames (a seek flushes the decoder)

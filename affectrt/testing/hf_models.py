@@ -22,10 +22,46 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
-def write_hf_model_dir(cfg: AffectGPTConfig, root: str | Path, seed: int = 0) -> Path:
-    """Write ``root/vision``, ``root/audio``, ``root/llm`` (+ a byte-level ``tokenizer.json``) for ``cfg``.
+_CORPUS = [
+    "###Human: The audio and video merged info is: <Multi></Multi>. The audio content is as follows: "
+    "<Audio></Audio>. Meanwhile, we uniformly sample raw frames from the video and extract faces from these "
+    "frames: <Video></Video>. Meanwhile, we uniformly sample raw frames from the video: <Video></Video>. "
+    "The subtitle of this video is: <Subtitle></Subtitle>. Now, please answer my question based on all the "
+    "provided information. Please recognize all possible emotional states of the character. Please infer the "
+    "person's emotional state and provide your reasoning process. ###Assistant: ",
+    "The character's emotional state is happy, excited, surprised, sad, angry, worried, anxious, calm, neutral.",
+    "In the text, the speaker says that she really did not expect to see him here today, and honestly she is "
+    "not sure how she feels about it. Her voice is trembling and her face shows a frown, so she may be upset.",
+]
 
-    Returns ``root``. Folders that already hold a ``config.json`` are kept (a benchmark reuses them).
+
+def bpe_tokenizer(vocab_size: int):
+    """A byte-level BPE trained on AffectGPT's prompt text, so prompts have realistic token counts.
+
+    Returns a ``tokenizers.Tokenizer`` with the Qwen special tokens; its vocabulary (plus the five placeholders)
+    fits in ``vocab_size`` rows.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 5,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return tok
+
+
+def write_hf_model_dir(cfg: AffectGPTConfig, root: str | Path, seed: int = 0, bpe: bool = False) -> Path:
+    """Write ``root/vision``, ``root/audio``, ``root/llm`` (+ ``tokenizer.json``) for ``cfg``.
+
+    The tokenizer is byte-level (one token per byte), or with ``bpe=True`` a small BPE trained on the prompt
+    text. Returns ``root``. Folders that already hold a ``config.json`` are kept (a benchmark reuses them).
     """
     import transformers
 
@@ -91,7 +127,8 @@ def write_hf_model_dir(cfg: AffectGPTConfig, root: str | Path, seed: int = 0) ->
         )
         _perturb(llm, seed + 3)
         llm.save_pretrained(root / "llm")
-        byte_level_tokenizer().backend.save(str(root / "llm" / "tokenizer.json"))
+        backend = bpe_tokenizer(q.vocab_size) if bpe else byte_level_tokenizer().backend
+        backend.save(str(root / "llm" / "tokenizer.json"))
     return root
 
 

@@ -140,36 +140,61 @@ def _autocast(up: UpstreamModels):
 
 
 @torch.inference_mode()
-def encode_visual(up: UpstreamModels, raw: Tensor) -> Tensor:
-    """The release's CLIP wrapper: every frame back to the host, through PIL and the processor. -> [1, T, d_v]."""
+def preprocess_visual(up: UpstreamModels, raw: Tensor) -> Tensor:
+    """The release's CLIP input path: to the device, every frame back to the host, PIL, the processor, back.
+
+    raw [3, T, 224, 224] float -> pixel_values [T, 3, 224, 224] on the device.
+    """
     from PIL import Image
 
     raw = raw.to(up.device)[None]  # postprocess_*: to the GPU
     b, c, t, h, w = raw.shape
     frames = raw.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c)
     images = [Image.fromarray(f.cpu().numpy().astype(np.uint8)) for f in frames]
-    pixels = up.clip_processor(images, return_tensors="pt").pixel_values.to(up.device)
-    with _autocast(up):
-        feats = up.clip.get_image_features(pixel_values=pixels)
-    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-    return feats.view(b, t, -1)
+    return up.clip_processor(images, return_tensors="pt").pixel_values.to(up.device)
 
 
 @torch.inference_mode()
-def encode_audio(up: UpstreamModels, raw: Tensor) -> Tensor:
-    """The release's HuBERT wrapper: joint normalisation on the host, last-4 average, time mean. -> [1, T, d_a]."""
+def clip_forward(up: UpstreamModels, pixels: Tensor) -> Tensor:
+    """CLIPModel.get_image_features under the release's autocast: [T, 3, H, W] -> [1, T, d_v]."""
+    with _autocast(up):
+        feats = up.clip.get_image_features(pixel_values=pixels)
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    return feats[None]
+
+
+def encode_visual(up: UpstreamModels, raw: Tensor) -> Tensor:
+    """raw [3, T, 224, 224] -> Z_v [1, T, d_v]."""
+    return clip_forward(up, preprocess_visual(up, raw))
+
+
+@torch.inference_mode()
+def preprocess_audio(up: UpstreamModels, raw: Tensor) -> Tensor:
+    """The release's HuBERT input path: to the device, back to the host for the joint normalisation, back.
+
+    raw [T, 1, S] -> input values [T, S] on the device.
+    """
     raw = raw.to(up.device)[None]  # [1, T, 1, S]
     b, t = raw.shape[:2]
     flat = raw[:, :, 0, :].reshape(b * t, -1)
     values = up.feature_extractor(flat.cpu(), sampling_rate=up.cfg.media.sample_rate, return_tensors="pt")
-    values = values.input_values[0].to(up.device)
+    return values.input_values[0].to(up.device)
+
+
+@torch.inference_mode()
+def hubert_forward(up: UpstreamModels, values: Tensor) -> Tensor:
+    """HubertModel, last-4 hidden-state average, time mean: [T, S] -> Z_a [1, T, d_a]."""
     with _autocast(up):
         out = up.hubert(values, output_hidden_states=True)
     # transformers 4.49 (the release) returns LN(last layer) as the last hidden state; 5.x returns it before
     # the final LayerNorm, so take last_hidden_state for that entry.
     states = [*out.hidden_states[-up.cfg.audio.pool_last_layers : -1], out.last_hidden_state]
-    feats = torch.stack(states).mean(0).mean(1)
-    return feats.view(b, t, -1)
+    return torch.stack(states).mean(0).mean(1)[None]
+
+
+def encode_audio(up: UpstreamModels, raw: Tensor) -> Tensor:
+    """raw [T, 1, S] -> Z_a [1, T, d_a]."""
+    return hubert_forward(up, preprocess_audio(up, raw))
 
 
 @torch.inference_mode()

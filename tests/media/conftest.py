@@ -141,3 +141,31 @@ def media(tmp_path_factory) -> dict[str, Path]:
     (d / "empty.mp4").write_bytes(b"")
     files["corrupt"], files["empty"] = d / "corrupt.mp4", d / "empty.mp4"
     return files
+
+
+@pytest.fixture(scope="session")
+def bad_media(tmp_path_factory, media) -> dict[str, Path]:
+    """The robustness cases of issue 4, each as small as it can be."""
+    d = tmp_path_factory.mktemp("bad_media")
+    files = {
+        "one": make_video(d / "one.mp4", "libx264", 64, 48, 1),
+        "x264_10bit": make_video(d / "x264_10.mp4", "libx264", 64, 48, 10, pix_fmt="yuv420p10le"),
+        "x265_10bit": make_video(
+            d / "x265_10.mp4",
+            "libx265",
+            64,
+            48,
+            10,
+            pix_fmt="yuv420p10le",
+            options={"x265-params": "log-level=none"},
+        ),
+        "huge": make_video(d / "huge.mp4", "libx264", 4096, 2160, 2, options={"preset": "ultrafast"}),
+        "vp9_vfr": make_video(d / "vp9_vfr.webm", "libvpx-vp9", 64, 48, 20, vfr=True),
+        "vp9_aac": make_video(d / "vp9_aac.mkv", "libvpx-vp9", 64, 48, 12, audio="aac"),
+    }
+    mp4 = media["h264"].read_bytes()
+    (d / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])  # PyAV's muxer writes the index (moov) last
+    webm = (d / "vp9_aac.mkv").read_bytes()
+    (d / "truncated.mkv").write_bytes(webm[: int(len(webm) * 0.6)])  # index-free: the first packets survive
+    files["truncated_mp4"], files["truncated_mkv"] = d / "truncated.mp4", d / "truncated.mkv"
+    return files
