@@ -191,3 +191,90 @@ class AffectGPTPipeline:
         feats = self.fuse(z_v, z_a)
         embeds, mask = self.prompt_embeds(feats, batch.subtitles, question)
         return self.generate(embeds, mask, gen)
+
+
+@dataclass
+class ClipResult:
+    """One clip's outcome in a batch job: the answer, or the reason it failed."""
+
+    name: str
+    answer: str | None = None
+    error: str | None = None
+
+
+def run_batch_job(
+    pipe: AffectGPTPipeline,
+    clips: Sequence[ClipInput],
+    out_path: str | Path,
+    question: str = "ovlabel",
+    gen: GenerationConfig | None = None,
+    batch_size: int = 8,
+    media_backend: str = "auto",
+    progress: bool = True,
+) -> dict[str, ClipResult]:
+    """Answer every clip, appending one JSON line per clip to ``out_path`` as soon as its batch is done.
+
+    Clips already present in ``out_path`` (by name) are skipped, so a rerun resumes where an interrupted run
+    stopped; a clip whose media cannot be read is recorded with its error and the job goes on. Clip names must
+    be unique (default: the video or face file name without extension).
+    """
+    import json
+
+    from affectrt.media.loader import MediaLoader
+
+    out_path = Path(out_path)
+    named = [c if c.name else _with_name(c) for c in clips]
+    names = [c.name for c in named]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"clip names must be unique for a resumable job; repeated: {dup[:5]}")
+    done: dict[str, ClipResult] = {}
+    if out_path.is_file():
+        for line in out_path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["name"]] = ClipResult(rec["name"], rec.get("answer"), rec.get("error"))
+    todo = [c for c in named if c.name not in done]
+    gen = gen or default_generation(pipe.tokenizer)
+    loader = MediaLoader(
+        todo,
+        visual=pipe.cfg.visual_input,
+        batch_size=batch_size,
+        device=pipe.device,
+        media=pipe.cfg.media,
+        backend=media_backend,
+    )
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="clips", unit="clip")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("a") as sink:
+        for mb in loader:
+            results = [ClipResult(todo[f.index].name, error=f.reason) for f in mb.failures]
+            if len(mb):
+                batch = Batch(pixels=mb.pixels, audio=mb.audio, subtitles=list(mb.subtitles))
+                z_v, z_a = pipe.encode(batch)
+                embeds, mask = pipe.prompt_embeds(pipe.fuse(z_v, z_a), batch.subtitles, question)
+                texts = pipe.generate(embeds, mask, gen)
+                results += [
+                    ClipResult(todo[i].name, answer=t) for i, t in zip(mb.indices, texts, strict=True)
+                ]
+            for r in results:
+                sink.write(json.dumps({"name": r.name, "answer": r.answer, "error": r.error}) + "\n")
+                done[r.name] = r
+            sink.flush()
+            if bar is not None:
+                bar.update(len(results))
+    if bar is not None:
+        bar.close()
+    return done
+
+
+def _with_name(clip: ClipInput) -> ClipInput:
+    source = clip.video or clip.face_npy or clip.audio
+    name = Path(source).stem if source is not None else ""
+    return ClipInput(
+        video=clip.video, subtitle=clip.subtitle, face_npy=clip.face_npy, audio=clip.audio, name=name
+    )
