@@ -131,7 +131,23 @@ def infer(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(args.model_dir, args.checkpoint, variant=variant, llm_dtype=dtype)
         if args.checkpoint is None:
             print("affectrt: no --checkpoint: fusion head and LoRA are untrained", file=sys.stderr)
-    pipe = AffectGPTPipeline(model, tokenizer, device=args.device)
+    encoders = None
+    if args.encoders != "torch":
+        from affectrt.export.runners import load_encoders
+        from affectrt.export.sidecar import StaleArtifactError
+
+        if args.artifacts is None:
+            print(
+                f"affectrt: --encoders {args.encoders} needs --artifacts DIR (from `affectrt export`)",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            encoders = load_encoders(args.encoders, args.artifacts, model, args.device)
+        except (StaleArtifactError, FileNotFoundError, ValueError, RuntimeError) as err:
+            print(f"affectrt: {err}", file=sys.stderr)
+            return 2
+    pipe = AffectGPTPipeline(model, tokenizer, device=args.device, encoders=encoders)
     gen = default_generation(tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed)
     clip = ClipInput(video=args.video, subtitle=args.subtitle, face_npy=args.face_npy, audio=args.audio)
     try:
@@ -182,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="LLM base-weight dtype (the release: float16 on a GPU); adapters stay float32",
     )
     p_inf.add_argument("--json", action="store_true", help="print a JSON line")
+    p_inf.add_argument(
+        "--encoders",
+        choices=("torch", "onnx", "trt"),
+        default="torch",
+        help="serve the encoders and fusion head with PyTorch, ONNX Runtime or TensorRT (see `affectrt export`)",
+    )
+    p_inf.add_argument(
+        "--artifacts", default=None, help="folder written by `affectrt export` (with --encoders)"
+    )
+
+    from affectrt.export.cli import add_export_parser
+
+    add_export_parser(sub)
     return parser
 
 
@@ -196,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "infer":
         return infer(args)
+    if args.command == "export":
+        from affectrt.export.cli import run_export
+
+        return run_export(args)
     return 1
 
 

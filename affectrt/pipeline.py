@@ -86,9 +86,16 @@ class AffectGPTPipeline:
         tokenizer: Tokenizer,
         device: str | torch.device = "cpu",
         autocast: bool | None = None,
+        encoders: object | None = None,
     ) -> None:
-        """``autocast``: run encoders and fusion under float16 autocast as the release does (default: on CUDA)."""
+        """``autocast``: run encoders and fusion under float16 autocast as the release does (default: on CUDA).
+
+        ``encoders``: serve the encoders and the fusion head from elsewhere (an ONNX Runtime or TensorRT
+        backend of :func:`affectrt.export.runners.load_encoders`): any object with ``encode_video``,
+        ``encode_audio`` and ``fuse`` taking and returning what the model's methods do.
+        """
         self.model = model.eval().to(device)
+        self.encoders = encoders
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.cfg = model.cfg
@@ -142,13 +149,16 @@ class AffectGPTPipeline:
     @torch.inference_mode()
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Z_v [B,T,d_v], Z_a [B,T,d_a]."""
+        enc = self.encoders or self.model
         with self._autocast():
-            return self.model.encode_video(batch.pixels), self.model.encode_audio(batch.audio)
+            return enc.encode_video(batch.pixels), enc.encode_audio(batch.audio)
 
     @torch.inference_mode()
     def fuse(self, z_video: Tensor, z_audio: Tensor) -> dict[str, Tensor]:
         """The LLM embeddings of each placeholder, [B,K,D] each."""
         with self._autocast():
+            if self.encoders is not None:
+                return self.encoders.fuse(z_video, z_audio)
             return self.model.multimodal_embeddings(z_video, z_audio)
 
     def prompts(self, subtitles: Sequence[str], question: str) -> list[str]:

@@ -3,6 +3,7 @@
     python benchmarks/latency.py                          # small preset, 1 clip, CPU or CUDA, both paths
     python benchmarks/latency.py --throughput 32 --batch 8  # + clips/s over 32 clips (PERFORMANCE target 1)
     python benchmarks/latency.py --no-baseline --device cuda
+    python benchmarks/latency.py --encoders onnx           # encoders + fusion from ONNX Runtime (and eager rows)
 
 Both paths load the same Hugging Face folders (random weights of the preset's sizes, written once with
 ``transformers`` under bench_results/models/) and the same release-format checkpoint, and run the same clip
@@ -59,6 +60,20 @@ def prepare_models(preset: str, variant: str, device: torch.device, baseline: bo
         sd = torch.load(ckpt, weights_only=True)["model"]
         up = upstream.load_upstream(root, sd, model.cfg, device=str(device))
     return pipe, up
+
+
+def serve_encoders(pipe: AffectGPTPipeline, kind: str, batch: int):
+    """Export the pipeline's encoders and fusion head (once per preset) and return their runner backend."""
+    from affectrt.export.onnx_export import export_onnx
+    from affectrt.export.runners import load_encoders
+
+    out = Path("bench_results/artifacts") / f"{pipe.cfg.name}-{pipe.cfg.visual_input}"
+    export_onnx(pipe.model, out, check=False, log=lambda *_: None)
+    if kind == "trt":
+        from affectrt.export.trt_build import build_engines
+
+        build_engines({p: out / f"{p}.onnx" for p in ("vision", "audio", "fusion")}, batch_max=max(batch, 1))
+    return load_encoders(kind, out, pipe.model, pipe.device)
 
 
 def affectrt_stages(pipe: AffectGPTPipeline, clips: list[ClipInput], n_new: int):
@@ -174,6 +189,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clip", type=Path, default=None, help="video to use (default: a generated 3 s clip)")
     ap.add_argument("--no-baseline", action="store_true", help="time affectrt only")
     ap.add_argument(
+        "--encoders",
+        choices=("torch", "onnx", "trt"),
+        default="torch",
+        help="serve affectrt's encoders + fusion head from PyTorch, ONNX Runtime or TensorRT",
+    )
+    ap.add_argument(
         "--throughput", type=int, default=0, metavar="N", help="also measure clips/s over N clips"
     )
     ap.add_argument("--json-out", type=Path, default=Path("bench_results/latency.json"))
@@ -191,6 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
         np.save(face_npy, np.random.default_rng(0).integers(0, 256, (75, 112, 112, 3), dtype=np.uint8))
     clip = ClipInput(video=clip_path, subtitle=SUBTITLE, face_npy=face_npy)
 
+    torch_rows = {}
+    if args.encoders != "torch":
+        eager = affectrt_stages(pipe, [clip] * args.batch, args.new_tokens)
+        torch_rows = {
+            f"{s} (torch)": time_call(eager[s], device, args.repeats) for s in ("encoders", "fusion")
+        }
+        pipe.encoders = serve_encoders(pipe, args.encoders, args.batch)
     ours = measure(
         affectrt_stages(pipe, [clip] * args.batch, args.new_tokens), device, args.repeats, args.new_tokens
     )
@@ -202,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
         "prompt_tokens": len(pipe.tokenizer.encode(pipe.prompts([SUBTITLE], "ovlabel")[0])),
         "new_tokens": args.new_tokens,
         "command": "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "encoders": args.encoders,
         "affectrt": {k: stats(v) for k, v in ours.items()},
+        "affectrt_torch_encoders": {k: stats(v) for k, v in torch_rows.items()},
     }
     result["affectrt_end_to_end_ms"] = end_to_end(result["affectrt"], args.new_tokens)
     if up is not None:
@@ -230,6 +260,10 @@ def main(argv: list[str] | None = None) -> dict:
             b = result["baseline"][name]
             line += f"{b['median_ms']:>14.2f}{b['median_ms'] / max(a['median_ms'], 1e-9):>9.2f}x"
         print(line)
+    for name, a in result["affectrt_torch_encoders"].items():
+        spread = f"({a['p20_ms']:.1f}-{a['p80_ms']:.1f})"
+        line = f"{name:<14}{a['median_ms']:>13.2f}{spread:>17}"
+        print(line + f"   (affectrt's own {name.split()[0]} in PyTorch; the rows above use {args.encoders})")
     line = f"{'end to end':<14}{result['affectrt_end_to_end_ms']:>13.2f}{'':>17}"
     if up is not None:
         e2e = result["baseline_end_to_end_ms"]

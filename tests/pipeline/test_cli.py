@@ -37,3 +37,21 @@ def test_infer_bad_media_is_a_clear_error(capsys, tmp_path):
 def test_infer_silent_video_names_the_file(capsys, silent_clip_path):
     assert main(["infer", str(silent_clip_path)]) == 2
     assert "silent.mp4" in capsys.readouterr().err
+
+
+def test_infer_with_onnx_encoders_matches_torch(capsys, clip_path, tmp_path):
+    import pytest
+
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime (dev extra) is not installed")
+    pytest.importorskip("onnxscript", reason="the torch.export-based ONNX exporter needs onnxscript")
+    base = ["infer", str(clip_path), "--subtitle", "hi", "--max-new-tokens", "5", "--json", "--seed", "3"]
+    assert main(base) == 0
+    torch_answer = json.loads(capsys.readouterr().out)["answer"]
+    out = tmp_path / "onnx"
+    assert main(["export", "--onnx", str(out), "--preset", "tiny", "--seed", "3", "--variant", "frame"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--encoders", "onnx", "--artifacts", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["answer"] == torch_answer
+    # artifacts of other weights are refused with a clear message
+    assert main([*base[:-2], "--seed", "4", "--encoders", "onnx", "--artifacts", str(out)]) == 2
+    assert "weights" in capsys.readouterr().err
