@@ -8,6 +8,8 @@
 #endif
 
 #include "attn_pool.h"
+#include "cross_attn_bind.h"
+#include "fusion_head_bind.h"
 
 namespace py = pybind11;
 using affectrt::AttnPoolArgs;
@@ -38,11 +40,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("attn_pool", &attn_pool, "out[b,d] = sum_t (z[b,t,:]·w + bias) z[b,t,d]", py::arg("z"),
         py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("B"), py::arg("T"), py::arg("D"),
         py::arg("z_sb"), py::arg("z_st"), py::arg("z_sd"), py::arg("w_sd"), py::arg("dtype"));
+  affectrt::bind_cross_attn_cpu(m);
+  affectrt::bind_fusion_head_cpu(m);
   m.def("num_threads", &num_threads, "OpenMP threads a kernel will use (1 without OpenMP)");
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else
   m.attr("openmp") = false;
 #endif
-  m.attr("functions") = py::make_tuple("attn_pool");
+  m.attr("functions") = py::make_tuple("attn_pool", "fusion_head", "cross_attn");
 }

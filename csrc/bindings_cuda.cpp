@@ -6,6 +6,10 @@
 #include <string>
 
 #include "attn_pool.h"
+#define AFFECTRT_CROSS_ATTN_WITH_CUDA
+#include "cross_attn_bind.h"
+#define AFFECTRT_FUSION_HEAD_WITH_CUDA
+#include "fusion_head_bind.h"
 #include "runtime_cuda.h"
 
 namespace py = pybind11;
@@ -33,8 +37,10 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("z"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("B"), py::arg("T"),
         py::arg("D"), py::arg("z_sb"), py::arg("z_st"), py::arg("z_sd"), py::arg("w_sd"), py::arg("dtype"),
         py::arg("stream"));
+  affectrt::bind_cross_attn_cuda(m);
+  affectrt::bind_fusion_head_cuda(m);
   m.def("runtime_version", &affectrt::cuda_runtime_version, "CUDA runtime version (e.g. 13000)");
   m.def("driver_version", &affectrt::cuda_driver_version, "CUDA driver version, 0 when none is installed");
   m.def("device_count", &device_count, "(count, None) or (-1, error text)");
-  m.attr("functions") = py::make_tuple("attn_pool");
+  m.attr("functions") = py::make_tuple("attn_pool", "fusion_head", "cross_attn");
 }

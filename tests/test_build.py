@@ -42,7 +42,7 @@ def test_cpu_extension_imports():
     record = _record("affectrt._C")
     mod = importlib.import_module("affectrt._C")
     assert Path(mod.__file__).name == record["file"]
-    assert "attn_pool" in mod.functions
+    assert {"attn_pool", "fusion_head", "cross_attn"} <= set(mod.functions)
     assert mod.num_threads() >= 1
     assert isinstance(mod.openmp, bool)
 
@@ -66,7 +66,7 @@ def test_cuda_extension_loads_without_a_driver():
     """Loading needs only libcudart; libcuda is opened at the first runtime call, which may then fail."""
     _record("affectrt._C_cuda")
     mod = importlib.import_module("affectrt._C_cuda")
-    assert "attn_pool" in mod.functions
+    assert {"attn_pool", "fusion_head", "cross_attn"} <= set(mod.functions)
     assert mod.runtime_version() >= 12000
     count, error = mod.device_count()
     assert (count >= 0 and error is None) or (count == -1 and isinstance(error, str) and error)

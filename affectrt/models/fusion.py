@@ -19,6 +19,12 @@ Pre-fusion (``multi_fusion``), on the encoder features, not on H:
 
 W2·W1 folds into one 2×2d_m affine map at inference (:meth:`FusionHead.fold_gate`).
 
+For the released configuration (attention / attention / attention) ``forward`` runs the fused op
+:func:`affectrt.ops.fusion_head.fusion_head` (all three embeddings at once; the C++ or CUDA kernel at
+inference, Triton or the differentiable reference for training) with ``FusionHead.backend`` = "auto";
+set ``backend`` to "cuda", "triton", "cpu" or "eager" to force one of the op's backends, or to "module"
+for the per-module path below (what every other configuration runs, and the reference).
+
 Attribute names are the release's (``affectgpt.py``), so ``FusionHead.state_dict()`` has exactly the keys
 of the released checkpoints for these modules: ``video_attention_mlp``, ``affectgpt_proj``,
 ``audio_attention_mlp``, ``audio_llama_proj``, ``multi_video_embs``, ``multi_audio_embs``, ``attention_mlp``,
@@ -39,6 +45,7 @@ from torch import Tensor, nn
 from affectrt.config import AffectGPTConfig, QFormerConfig
 from affectrt.models.qformer import INITIALIZER_RANGE, QFormer
 from affectrt.ops.attn_pool import attn_pool
+from affectrt.ops.fusion_head import FusionHeadWeights, fusion_head
 
 
 class FusionOutput(NamedTuple):
@@ -92,6 +99,8 @@ class FusionHead(nn.Module):
         self.num_audio_query_token = f.num_audio_query_token
         self.num_multi_query_token = f.num_multi_query_token
         self.video_dim, self.audio_dim, self.multi_dim = dv, da, dm
+        self.backend = "auto"  # see the module docstring
+        self._gate_cache: tuple | None = None
 
         self.image_llama_proj = nn.Linear(dv, d)
 
@@ -230,10 +239,77 @@ class FusionHead(nn.Module):
         fused = torch.matmul(torch.stack([u_v, u_a], dim=2), g.unsqueeze(2)).squeeze(2)
         return self.multi_llama_proj(fused).unsqueeze(1).expand(-1, self.num_multi_query_token, -1)
 
+    # -- the fused head -------------------------------------------------------------------------------
+
+    @property
+    def fused(self) -> bool:
+        """True when ``forward`` runs the fused op: the released configuration and backend != "module"."""
+        released = self.video_fusion == self.audio_fusion == self.multi_fusion == "attention"
+        return released and self.backend != "module"
+
+    def fused_weights(self) -> FusionHeadWeights:
+        """The parameters in :class:`FusionHeadWeights` order (released configuration only)."""
+        return FusionHeadWeights(
+            self.video_attention_mlp.weight, self.video_attention_mlp.bias,
+            self.affectgpt_proj.weight, self.affectgpt_proj.bias,
+            self.audio_attention_mlp.weight, self.audio_attention_mlp.bias,
+            self.audio_llama_proj.weight, self.audio_llama_proj.bias,
+            self.multi_video_embs.weight, self.multi_video_embs.bias,
+            self.multi_audio_embs.weight, self.multi_audio_embs.bias,
+            self.attention_mlp.weight, self.attention_mlp.bias, self.fc_att.weight, self.fc_att.bias,
+            self.multi_llama_proj.weight, self.multi_llama_proj.bias,
+        )  # fmt: skip
+
+    def _cached_gate(self) -> tuple[Tensor, Tensor]:
+        """fold_gate(), recomputed only when a gate parameter changed (in place or replaced)."""
+        params = (self.attention_mlp.weight, self.attention_mlp.bias, self.fc_att.weight, self.fc_att.bias)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._gate_cache is None or self._gate_cache[0] != key:
+            self._gate_cache = (key, self.fold_gate())
+        return self._gate_cache[1]
+
+    def forward_fused(
+        self,
+        z_video: Tensor,
+        z_audio: Tensor,
+        gate: tuple[Tensor, Tensor] | None = None,
+        out: Tensor | None = None,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """The fused op: [B,3,D] (multi, audio, video), or written into out[b, rows[b, j]] (see fusion_head).
+
+        Under autocast the op runs in the autocast dtype (weights cast to it), like the release's
+        ``maybe_autocast``; the folded gate is cached and used whenever no gradient is needed.
+        """
+        _check_features(z_video, self.video_dim, "z_video")
+        _check_features(z_audio, self.audio_dim, "z_audio")
+        weights = self.fused_weights()
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (z_video, z_audio, *weights))
+        folded = None if needs_grad else (gate if gate is not None else self._cached_gate())
+        backend = "auto" if self.backend == "module" else self.backend
+        device_type = z_video.device.type
+        if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            cast = FusionHeadWeights(*(t.to(dtype) for t in weights))
+            folded = None if folded is None else tuple(t.to(dtype) for t in folded)
+            with torch.autocast(device_type, enabled=False):
+                return fusion_head(
+                    z_video.to(dtype), z_audio.to(dtype), cast, folded_gate=folded, backend=backend,
+                    out=out, rows=rows,
+                )  # fmt: skip
+        return fusion_head(z_video, z_audio, weights, folded_gate=folded, backend=backend, out=out, rows=rows)
+
     def forward(
         self, z_video: Tensor, z_audio: Tensor, gate: tuple[Tensor, Tensor] | None = None
     ) -> FusionOutput:
         """Z_v [B,Tv,d_v], Z_a [B,Ta,d_a] -> FusionOutput(multi [B,Km,D] | None, audio [B,Ka,D], video [B,Kv,D])."""
+        if self.fused:
+            h = self.forward_fused(z_video, z_audio, gate)
+            return FusionOutput(
+                multi=h[:, 0:1].expand(-1, self.num_multi_query_token, -1),
+                audio=h[:, 1:2].expand(-1, self.num_audio_query_token, -1),
+                video=h[:, 2:3].expand(-1, self.num_video_query_token, -1),
+            )
         return FusionOutput(
             multi=self.encode_multi(z_video, z_audio, gate),
             audio=self.encode_audio(z_audio),

@@ -18,6 +18,10 @@ Module and parameter names follow the release's state dict so checkpoints load b
 ``bert.encoder.layer.0.crossattention.self.key.weight``, ``bert.encoder.layer.0.intermediate_query.dense``
 and ``bert.encoder.layer.0.output_query.LayerNorm``. The persistent ``bert.embeddings.position_ids`` buffer
 (int64 [1,512], unused by the query path) is kept because the released checkpoints carry it.
+
+Each layer runs the fused op :func:`affectrt.ops.qformer_layer.qformer_layer` (K/V never materialised)
+unless ``fused=False`` or dropout is active (training with ``cfg.dropout > 0``): then the eager modules
+below run, with BERT's attention-probability dropout.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.config import QFormerConfig
+from affectrt.ops.qformer_layer import qformer_layer
 
 # bert-base-uncased's max_position_embeddings: the length of the position_ids buffer in checkpoints.
 BERT_MAX_POSITIONS = 512
@@ -108,18 +113,26 @@ class QFormerIntermediate(nn.Module):
 
 
 class QFormerLayer(nn.Module):
-    """One post-LN layer of the query path: self-attention, cross-attention, query FFN."""
+    """One post-LN layer of the query path: self-attention, cross-attention, query FFN.
 
-    def __init__(self, cfg: QFormerConfig, encoder_width: int):
+    ``fused`` (default True): run :func:`qformer_layer` when no dropout is active; same parameters.
+    """
+
+    def __init__(self, cfg: QFormerConfig, encoder_width: int, fused: bool = True):
         super().__init__()
+        self.fused = fused
+        self.num_heads, self.eps, self.dropout_p = cfg.num_heads, cfg.layer_norm_eps, cfg.dropout
         self.attention = QFormerAttention(cfg, cfg.hidden_size)
         self.crossattention = QFormerAttention(cfg, encoder_width)
         self.intermediate_query = QFormerIntermediate(cfg)
         self.output_query = QFormerAddNorm(cfg.intermediate_size, cfg)
 
     def forward(self, q: Tensor, enc: Tensor, enc_keep: Tensor | None) -> Tensor:
+        """q [B,K,H], enc [B,N,E], enc_keep [B,N] bool (False = padded key) or None -> [B,K,H]."""
+        if self.fused and not (self.training and self.dropout_p > 0):
+            return qformer_layer(q, enc, dict(self.named_parameters()), self.num_heads, self.eps, enc_keep)
         q = self.attention(q, q)
-        q = self.crossattention(q, enc, enc_keep)
+        q = self.crossattention(q, enc, None if enc_keep is None else enc_keep[:, None, None, :])
         return self.output_query(self.intermediate_query(q), q)
 
 
@@ -195,7 +208,7 @@ class QFormer(nn.Module):
                     f"QFormer: encoder_mask must be [B, N] = {tuple(encoder_hidden.shape[:2])}, "
                     f"got {tuple(encoder_mask.shape)}"
                 )
-            enc_keep = encoder_mask.to(torch.bool)[:, None, None, :]
+            enc_keep = encoder_mask.to(torch.bool)
         q = self.bert.embeddings(query_tokens)
         for layer in self.bert.encoder.layer:
             q = layer(q, encoder_hidden, enc_keep)

@@ -11,6 +11,9 @@ followed by a weighted sum); the output scale grows with T.
 Backends (DESIGN §3), in "auto" order:
 
 - ``cuda``: ``affectrt._C_cuda`` (csrc/attn_pool_cuda.cu), one block per batch row; forward only.
+- ``triton``: ``affectrt.kernels.attn_pool`` forward and backward kernels through an ``autograd.Function``;
+  CUDA devices, and CPU tensors under ``TRITON_INTERPRET=1`` (how the tests run it). What "auto" uses on
+  a GPU when a gradient is required.
 - ``cpu``: ``affectrt._C`` (csrc/attn_pool_cpu.cpp), OpenMP over batch rows; forward only.
 - ``eager``: :func:`attn_pool_ref`, differentiable; what "auto" uses when a gradient is required.
 
@@ -21,6 +24,10 @@ torch.library op so ``torch.compile`` / ``torch.export`` trace through them.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +35,48 @@ from affectrt.ops import _backends
 from affectrt.ops._ext import DTYPE_CODES, cpu_ext, cpu_ext_reason, cuda_ext, cuda_ext_reason
 
 OP = "attn_pool"
+
+
+# ------------------------------------------------------------------- Triton availability (shared by ops)
+
+
+def triton_interpreted() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_devices() -> tuple[str, ...]:
+    """Devices a Triton backend declares: CUDA, plus CPU under the interpreter (read at import)."""
+    return ("cuda", "cpu") if triton_interpreted() else ("cuda",)
+
+
+@functools.cache
+def triton_reason() -> str | None:
+    """Why Triton kernels cannot run here; None when they can. Imports triton on first call only."""
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed (pip install triton)"
+    if triton_interpreted():
+        return None
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
+        return f"import triton failed: {type(e).__name__}: {e}"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU, slowly)"
+    return None
+
+
+def select_backend(op: str, inputs: _backends.Inputs, backend: str, needs_grad: bool) -> _backends.Backend:
+    """:func:`_backends.select`, except that "auto" never picks Triton for CPU tensors: the interpreter
+    is a test device, so on CPU "auto" keeps to the C++ kernel and the eager reference."""
+    first = next(iter(inputs.values()))
+    if backend == "auto" and first.device.type == "cpu":
+        for b in _backends.backends(op):
+            if b.name != "triton" and not b.not_supported_reasons(inputs, needs_grad):
+                return b
+    return _backends.select(op, inputs, backend, needs_grad=needs_grad)
+
+
 _NATIVE_DTYPES = tuple(DTYPE_CODES)
 _CUDA_MAX_T = 12288  # scores live in 48 KiB of shared memory
 
@@ -134,6 +183,34 @@ def _cuda_limits(inputs: _backends.Inputs) -> list[str]:
     return reasons
 
 
+# ------------------------------------------------------------------------------------------------ triton
+
+
+class _AttnPoolTriton(torch.autograd.Function):
+    """Triton forward and backward; saves z, weight, bias only when a gradient is needed."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        from affectrt.kernels.attn_pool import attn_pool_forward
+
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(z, weight, bias)
+        return attn_pool_forward(z, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        from affectrt.kernels.attn_pool import attn_pool_backward
+
+        z, weight, bias = ctx.saved_tensors
+        dz, dw, db = attn_pool_backward(grad_out, z, weight, bias)
+        need = ctx.needs_input_grad
+        return (dz if need[0] else None, dw if need[1] else None, db if need[2] else None)
+
+
+def _triton(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return _AttnPoolTriton.apply(z, weight, bias)
+
+
 _backends.register(
     OP,
     [
@@ -146,6 +223,15 @@ _backends.register(
             run=_native,
             supports=_cuda_limits,
             about="affectrt._C_cuda, one block per row",
+        ),
+        _backends.Backend(
+            "triton",
+            triton_devices(),
+            (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+            has_backward=True,
+            available=triton_reason,
+            run=_triton,
+            about="Triton forward + backward (kernels/attn_pool.py); CPU only under TRITON_INTERPRET=1",
         ),
         _backends.Backend(
             "cpu",
@@ -172,11 +258,11 @@ _backends.register(
 def attn_pool(z: Tensor, weight: Tensor, bias: Tensor, backend: str = "auto") -> Tensor:
     """Attention pooling Σ_t (Z_t·w + b) Z_t; see the module docstring. [B,T,D] -> [B,D].
 
-    ``backend``: "auto" (default), "cuda", "cpu" or "eager". An explicit backend that cannot run the
+    ``backend``: "auto" (default), "cuda", "triton", "cpu" or "eager". An explicit backend that cannot run the
     inputs raises :class:`affectrt.ops._backends.BackendError` saying why.
     """
     _check_inputs(z, weight, bias)
-    chosen = _backends.select(
+    chosen = select_backend(
         OP,
         {"z": z, "weight": weight, "bias": bias},
         backend,
