@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.config import CLIPVisionConfig
-from affectrt.models.hf_io import check_keys, load_state_dict, read_config
+from affectrt.models.hf_io import check_keys, load_converted, load_state_dict, read_config
 
 # Defaults of transformers' CLIPVisionConfig / CLIPConfig: config.json files omit keys equal to them.
 _HF_VISION_DEFAULTS = {
@@ -192,7 +192,7 @@ class CLIPVisionEncoder(nn.Module):
         """
         check_keys(self.hf_shapes(), sd, source, ignore_unexpected=_IGNORED_PREFIXES)
         own = hf_to_own(sd, self.cfg.num_layers)
-        _load_own(self, own)
+        load_converted(self, own)
         return self
 
     @classmethod
@@ -239,14 +239,3 @@ def hf_to_own(sd: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
             for src, dst in renames.items():
                 own[me + f"{dst}.{t}"] = sd[hf + f"{src}.{t}"]
     return own
-
-
-def _load_own(module: nn.Module, own: dict[str, Tensor]) -> None:
-    """Load ``own`` (this module's key names) strictly, casting to the module's parameter dtypes.
-
-    On a ``meta`` module the tensors are assigned (no random init of hundreds of MB, no double copy).
-    """
-    params = dict(module.named_parameters())
-    own = {k: t.to(params[k].dtype) if k in params else t for k, t in own.items()}
-    on_meta = any(p.is_meta for p in params.values())
-    module.load_state_dict(own, strict=True, assign=on_meta)

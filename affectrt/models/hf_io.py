@@ -103,3 +103,13 @@ def check_keys(
 def _short(items: list[str], limit: int = 12) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def load_converted(module: torch.nn.Module, own: dict[str, torch.Tensor]) -> None:
+    """Load ``own`` (already in ``module``'s key names) strictly, cast to the module's parameter dtypes.
+
+    On a ``meta`` module the tensors are assigned (no random init of hundreds of MB, no double copy).
+    """
+    params = dict(module.named_parameters())
+    own = {k: t.to(params[k].dtype) if k in params else t for k, t in own.items()}
+    module.load_state_dict(own, strict=True, assign=any(p.is_meta for p in params.values()))

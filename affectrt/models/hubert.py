@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.config import HubertConfig
-from affectrt.models.hf_io import check_keys, load_state_dict, read_config
+from affectrt.models.hf_io import check_keys, load_converted, load_state_dict, read_config
 
 # Defaults of transformers' HubertConfig: config.json files omit keys equal to them.
 _HF_DEFAULTS = {
@@ -259,7 +259,7 @@ class HubertEncoder(nn.Module):
         """
         sd = {key.removeprefix("hubert."): t for key, t in sd.items()}
         check_keys(self.hf_shapes(_weight_norm_keys(sd)), sd, source, ignore_unexpected=_IGNORED_PREFIXES)
-        _load_own(self, hf_to_own(sd, self.cfg))
+        load_converted(self, hf_to_own(sd, self.cfg))
         return self
 
     @classmethod
@@ -337,10 +337,3 @@ def hf_to_own(sd: dict[str, Tensor], cfg: HubertConfig) -> dict[str, Tensor]:
             for src, dst in renames.items():
                 own[me + f"{dst}.{t}"] = sd[hf + f"{src}.{t}"]
     return own
-
-
-def _load_own(module: nn.Module, own: dict[str, Tensor]) -> None:
-    """Load ``own`` strictly, cast to the module's parameter dtypes; assigned when the module is on meta."""
-    params = dict(module.named_parameters())
-    own = {k: t.to(params[k].dtype) if k in params else t for k, t in own.items()}
-    module.load_state_dict(own, strict=True, assign=any(p.is_meta for p in params.values()))
