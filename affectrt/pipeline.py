@@ -176,6 +176,19 @@ class AffectGPTPipeline:
         return embeds, tokens.attention_mask.to(self.device)
 
     @torch.inference_mode()
+    def fused_prompt_embeds(
+        self, z_video: Tensor, z_audio: Tensor, subtitles: Sequence[str], question: str
+    ) -> tuple[Tensor, Tensor]:
+        """fuse + prompt_embeds in one step: the fused head writes straight into the placeholder rows."""
+        if self.encoders is not None:
+            return self.prompt_embeds(self.fuse(z_video, z_audio), subtitles, question)
+        tokens = inference_batch(self.tokenizer, self.prompts(subtitles, question))
+        ids = tokens.input_ids.to(self.device)
+        with self._autocast():
+            embeds = self.model.spliced_embeds(ids, z_video, z_audio, self.tokenizer.placeholder_ids)
+        return embeds, tokens.attention_mask.to(self.device)
+
+    @torch.inference_mode()
     def generate(self, embeds: Tensor, mask: Tensor, gen: GenerationConfig) -> list[str]:
         rows = generate(self.model.llm, inputs_embeds=embeds, attention_mask=mask, gen=gen)
         return [self.decode(r) for r in rows]
@@ -198,8 +211,7 @@ class AffectGPTPipeline:
         media = [self.load_media(c) for c in clips]
         batch = self.preprocess(media, [c.subtitle for c in clips])
         z_v, z_a = self.encode(batch)
-        feats = self.fuse(z_v, z_a)
-        embeds, mask = self.prompt_embeds(feats, batch.subtitles, question)
+        embeds, mask = self.fused_prompt_embeds(z_v, z_a, batch.subtitles, question)
         return self.generate(embeds, mask, gen)
 
 
@@ -266,7 +278,7 @@ def run_batch_job(
             if len(mb):
                 batch = Batch(pixels=mb.pixels, audio=mb.audio, subtitles=list(mb.subtitles))
                 z_v, z_a = pipe.encode(batch)
-                embeds, mask = pipe.prompt_embeds(pipe.fuse(z_v, z_a), batch.subtitles, question)
+                embeds, mask = pipe.fused_prompt_embeds(z_v, z_a, batch.subtitles, question)
                 texts = pipe.generate(embeds, mask, gen)
                 results += [
                     ClipResult(todo[i].name, answer=t) for i, t in zip(mb.indices, texts, strict=True)

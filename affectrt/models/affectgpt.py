@@ -16,7 +16,7 @@ from affectrt.models.fusion import FusionHead
 from affectrt.models.hubert import HubertEncoder
 from affectrt.models.lora import apply_lora
 from affectrt.models.qwen2 import Qwen2ForCausalLM
-from affectrt.text.splice import IGNORE_INDEX, TokenBatch, embed_with_placeholders
+from affectrt.text.splice import IGNORE_INDEX, TokenBatch, embed_with_placeholders, placeholder_positions
 
 
 class AffectGPT(nn.Module):
@@ -77,6 +77,34 @@ class AffectGPT(nn.Module):
         by_id = {placeholder_ids[name]: f for name, f in features.items()}
         return embed_with_placeholders(self.llm.embed_tokens, input_ids, by_id)
 
+    def spliced_embeds(
+        self, input_ids: Tensor, z_video: Tensor, z_audio: Tensor, placeholder_ids: dict[str, int]
+    ) -> Tensor:
+        """Prompt embeddings with the fusion head's outputs in the placeholder rows: [B, L] -> [B, L, D].
+
+        For the released configuration at inference the fused op writes its three rows straight into
+        ``inputs_embeds`` (no intermediate [B,3,D] tensor, no copy); otherwise this is
+        :meth:`multimodal_embeddings` followed by :meth:`inputs_embeds`. Both give the same values.
+        """
+        f = self.cfg.fusion
+        single = f.num_video_query_token == f.num_audio_query_token == f.num_multi_query_token == 1
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.fusion.parameters())
+        names = ("<MultiHere>", "<AudioHere>", self.video_placeholder)
+        compute = _autocast_dtype(z_video) or self._dtype(self.fusion)
+        if not (
+            self.fusion.fused and single and not needs_grad and compute == self.llm.embed_tokens.weight.dtype
+        ):
+            return self.inputs_embeds(
+                input_ids, self.multimodal_embeddings(z_video, z_audio), placeholder_ids
+            )
+        rows = torch.stack([placeholder_positions(input_ids, placeholder_ids[n], 1, n) for n in names], dim=1)
+        ids = input_ids.masked_fill(
+            torch.isin(input_ids, rows.new_tensor([placeholder_ids[n] for n in names])), 0
+        )
+        embeds = self.llm.embed_tokens(ids)
+        self.fusion.forward_fused(z_video.to(compute), z_audio.to(compute), out=embeds, rows=rows)
+        return embeds
+
     def loss(
         self, batch: TokenBatch, z_video: Tensor, z_audio: Tensor, placeholder_ids: dict[str, int]
     ) -> Tensor:
@@ -99,3 +127,10 @@ class AffectGPT(nn.Module):
     @staticmethod
     def _dtype(module: nn.Module) -> torch.dtype:
         return next(module.parameters()).dtype
+
+
+def _autocast_dtype(t: Tensor) -> torch.dtype | None:
+    kind = t.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return None

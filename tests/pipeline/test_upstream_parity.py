@@ -55,6 +55,17 @@ def test_every_stage_and_greedy_answer_match(both, clip_path, face_npy):
     embeds, _ = pipe.prompt_embeds(feats, [clip.subtitle], "ovlabel")
     ref_embeds = upstream.prompt_embeds(up, ref_feats, clip.subtitle, "ovlabel")
     torch.testing.assert_close(embeds, ref_embeds, rtol=1e-4, atol=1e-5)
+    # the fused head writing straight into the placeholder rows gives the same embeddings
+    calls = []
+    head = pipe.model.fusion
+    real = head.forward_fused
+    head.forward_fused = lambda *a, **k: calls.append(k.get("out") is not None) or real(*a, **k)
+    try:
+        fused, _ = pipe.fused_prompt_embeds(z_v, z_a, [clip.subtitle], "ovlabel")
+    finally:
+        del head.forward_fused
+    assert calls == [True]
+    torch.testing.assert_close(fused, ref_embeds, rtol=1e-4, atol=1e-5)
 
     gen = default_generation(pipe.tokenizer, max_new_tokens=12)
     ours = pipe.answer([clip], gen=gen)[0]
