@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 from importlib import metadata, util
+from pathlib import Path
 
 _CORE = ("torch", "numpy", "safetensors", "tokenizers", "av", "tqdm")
 _OPTIONAL = {
@@ -111,14 +112,11 @@ def _build_random_model(variant: str, preset: str, seed: int):
     return AffectGPT(cfg).eval(), byte_level_tokenizer()
 
 
-def infer(args: argparse.Namespace) -> int:
+def _model_and_tokenizer(args: argparse.Namespace, variant: str):
     import torch
 
     from affectrt.checkpoint import load_model
-    from affectrt.media.errors import MediaError
-    from affectrt.pipeline import AffectGPTPipeline, ClipInput, default_generation
 
-    variant = args.variant or ("face" if args.face_npy else "frame")
     if args.model_dir is None:
         print(
             f"affectrt: no --model-dir given: running the '{args.preset}' preset on RANDOM weights "
@@ -131,6 +129,14 @@ def infer(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(args.model_dir, args.checkpoint, variant=variant, llm_dtype=dtype)
         if args.checkpoint is None:
             print("affectrt: no --checkpoint: fusion head and LoRA are untrained", file=sys.stderr)
+    return model, tokenizer
+
+
+def _pipeline(args: argparse.Namespace, variant: str):
+    """(pipeline, None), or (None, exit code) after a clear message."""
+    from affectrt.pipeline import AffectGPTPipeline
+
+    model, tokenizer = _model_and_tokenizer(args, variant)
     encoders = None
     if args.encoders != "torch":
         from affectrt.export.runners import load_encoders
@@ -141,14 +147,24 @@ def infer(args: argparse.Namespace) -> int:
                 f"affectrt: --encoders {args.encoders} needs --artifacts DIR (from `affectrt export`)",
                 file=sys.stderr,
             )
-            return 2
+            return None, 2
         try:
             encoders = load_encoders(args.encoders, args.artifacts, model, args.device)
         except (StaleArtifactError, FileNotFoundError, ValueError, RuntimeError) as err:
             print(f"affectrt: {err}", file=sys.stderr)
-            return 2
-    pipe = AffectGPTPipeline(model, tokenizer, device=args.device, encoders=encoders)
-    gen = default_generation(tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed)
+            return None, 2
+    return AffectGPTPipeline(model, tokenizer, device=args.device, encoders=encoders), None
+
+
+def infer(args: argparse.Namespace) -> int:
+    from affectrt.media.errors import MediaError
+    from affectrt.pipeline import ClipInput, default_generation
+
+    variant = args.variant or ("face" if args.face_npy else "frame")
+    pipe, code = _pipeline(args, variant)
+    if pipe is None:
+        return code
+    gen = default_generation(pipe.tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed)
     clip = ClipInput(video=args.video, subtitle=args.subtitle, face_npy=args.face_npy, audio=args.audio)
     try:
         (answer,) = pipe.answer([clip], question=args.question, gen=gen)
@@ -160,6 +176,83 @@ def infer(args: argparse.Namespace) -> int:
     else:
         print(answer)
     return 0
+
+
+def batch(args: argparse.Namespace) -> int:
+    """Answer every clip of a CSV list, writing JSON lines as it goes (a rerun resumes)."""
+    import csv
+
+    from affectrt.pipeline import ClipInput, default_generation, run_batch_job
+
+    with open(args.clips, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "name" not in rows[0]:
+        print(
+            f"affectrt: {args.clips}: expected a CSV with a header: name,video,face_npy,audio,subtitle",
+            file=sys.stderr,
+        )
+        return 2
+    base = Path(args.clips).parent
+
+    def path(value: str | None) -> Path | None:
+        return (base / value) if value else None
+
+    clips = [
+        ClipInput(
+            video=path(r.get("video")),
+            subtitle=r.get("subtitle") or "",
+            face_npy=path(r.get("face_npy")),
+            audio=path(r.get("audio")),
+            name=r["name"],
+        )
+        for r in rows
+    ]
+    variant = args.variant or ("face" if any(c.face_npy for c in clips) else "frame")
+    pipe, code = _pipeline(args, variant)
+    if pipe is None:
+        return code
+    gen = default_generation(pipe.tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed)
+    results = run_batch_job(
+        pipe, clips, args.out, question=args.question, gen=gen, batch_size=args.batch_size
+    )
+    failed = sum(r.error is not None for r in results.values())
+    print(
+        f"affectrt: {len(results) - failed} answered, {failed} failed; results in {args.out}", file=sys.stderr
+    )
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-dir", default=None, help="folder with vision/, audio/, llm/ HF model folders")
+    p.add_argument("--checkpoint", default=None, help="AffectGPT .pth (release) or affectrt .safetensors")
+    p.add_argument(
+        "--variant", choices=("face", "frame"), default=None, help="default: face if faces are given"
+    )
+    p.add_argument("--preset", default="tiny", help="preset for random weights without --model-dir")
+    p.add_argument(
+        "--question",
+        default="ovlabel",
+        help="'ovlabel' (label question), 'description' (reasoning question) or any question text",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--sample", action="store_true", help="sample (T=1, top-p 0.9, top-k 20) instead of greedy"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="LLM base-weight dtype (the release: float16 on a GPU); adapters stay float32",
+    )
+    p.add_argument(
+        "--encoders",
+        choices=("torch", "onnx", "trt"),
+        default="torch",
+        help="serve the encoders and fusion head with PyTorch, ONNX Runtime or TensorRT (see `affectrt export`)",
+    )
+    p.add_argument("--artifacts", default=None, help="folder written by `affectrt export` (with --encoders)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,39 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_inf.add_argument("--subtitle", default="", help="the clip's subtitle text")
     p_inf.add_argument("--face-npy", default=None, help="OpenFace faces [N,112,112,3] uint8 BGR (face model)")
     p_inf.add_argument("--audio", default=None, help="separate .wav (default: the video's audio track)")
-    p_inf.add_argument("--model-dir", default=None, help="folder with vision/, audio/, llm/ HF model folders")
-    p_inf.add_argument("--checkpoint", default=None, help="AffectGPT .pth (release) or affectrt .safetensors")
-    p_inf.add_argument(
-        "--variant", choices=("face", "frame"), default=None, help="default: face if --face-npy"
-    )
-    p_inf.add_argument("--preset", default="tiny", help="preset for random weights without --model-dir")
-    p_inf.add_argument(
-        "--question",
-        default="ovlabel",
-        help="'ovlabel' (label question), 'description' (reasoning question) or any question text",
-    )
-    p_inf.add_argument("--max-new-tokens", type=int, default=64)
-    p_inf.add_argument(
-        "--sample", action="store_true", help="sample (T=1, top-p 0.9, top-k 20) instead of greedy"
-    )
-    p_inf.add_argument("--seed", type=int, default=0)
-    p_inf.add_argument("--device", default="cpu")
-    p_inf.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default="float32",
-        help="LLM base-weight dtype (the release: float16 on a GPU); adapters stay float32",
-    )
+    _model_args(p_inf)
     p_inf.add_argument("--json", action="store_true", help="print a JSON line")
-    p_inf.add_argument(
-        "--encoders",
-        choices=("torch", "onnx", "trt"),
-        default="torch",
-        help="serve the encoders and fusion head with PyTorch, ONNX Runtime or TensorRT (see `affectrt export`)",
+
+    p_batch = sub.add_parser("batch", help="answer a list of clips (CSV), writing JSON lines as it goes")
+    p_batch.add_argument(
+        "clips", help="CSV with columns name,video,face_npy,audio,subtitle (paths relative to it)"
     )
-    p_inf.add_argument(
-        "--artifacts", default=None, help="folder written by `affectrt export` (with --encoders)"
-    )
+    p_batch.add_argument("--out", required=True, help="JSON-lines results; clips already in it are skipped")
+    p_batch.add_argument("--batch-size", type=int, default=8)
+    _model_args(p_batch)
 
     from affectrt.export.cli import add_export_parser
 
@@ -225,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "infer":
         return infer(args)
+    if args.command == "batch":
+        return batch(args)
     if args.command == "export":
         from affectrt.export.cli import run_export
 

@@ -55,3 +55,19 @@ def test_infer_with_onnx_encoders_matches_torch(capsys, clip_path, tmp_path):
     # artifacts of other weights are refused with a clear message
     assert main([*base[:-2], "--seed", "4", "--encoders", "onnx", "--artifacts", str(out)]) == 2
     assert "weights" in capsys.readouterr().err
+
+
+def test_batch_command_writes_results_and_resumes(capsys, clip_path, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"junk")
+    listing = tmp_path / "clips.csv"
+    listing.write_text(f"name,video,subtitle\nok,{clip_path},hello\nbroken,bad.mp4,hi\n")
+    out = tmp_path / "out.jsonl"
+    argv = ["batch", str(listing), "--out", str(out), "--max-new-tokens", "3"]
+    assert main(argv) == 0
+    records = {r["name"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert records["ok"]["error"] is None and isinstance(records["ok"]["answer"], str)
+    assert "bad.mp4" in records["broken"]["error"]
+    assert "1 answered, 1 failed" in capsys.readouterr().err
+    assert main(argv) == 0  # nothing left to do: the results file is not rewritten
+    assert len(out.read_text().splitlines()) == 2
