@@ -16,7 +16,10 @@ The release calls `decord.VideoReader(path, height=224, width=224)`, takes `len(
 - Rotation metadata: decord applies `transpose` before scaling; we rotate the planes the same way.
 
 We decode only up to the last needed frame, and jump ahead with a keyframe seek when a keyframe lies
-between the current position and the next needed frame. decord is never imported here.
+between the current position and the next needed frame. On H.264 the decoder also skips the non-reference
+frames that are not themselves needed (`_decode_ranks_skipping`: frames picked by pts from the index, every
+decoded frame bit-identical to a full decode); whenever its output disagrees with the index it falls back to
+counting decoded frames. decord is never imported here.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class _Index:
 
     pts: list[int]  # presentation timestamps in rank order (len == frame count)
     seek_ranks: list[int]  # ranks of keyframes that are safe seek points (closed GOP), ascending
+    by_pts: bool = False  # every packet has its own, unique pts: frames can be picked by pts
 
     def seek_point(self, rank: int) -> int:
         """The largest safe keyframe rank ≤ rank (0 when none)."""
@@ -88,7 +92,7 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream, path)
     # A keyframe is a safe seek point when exactly `count` frames precede it in both decode and
     # presentation order (closed GOP); open-GOP leading frames would otherwise shift every index after it.
     seek = [i for i, (p, key) in enumerate(packets) if key and i > 0 and pts[i] == p]
-    return _Index(pts=pts, seek_ranks=seek)
+    return _Index(pts=pts, seek_ranks=seek, by_pts=len(set(pts)) == len(pts))
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -182,6 +186,59 @@ def _decode_ranks(
     return out
 
 
+# Decoders whose skip_frame="NONREF" drops exactly the frames no other frame predicts from (H.264: the
+# pictures with nal_ref_idc 0). HEVC stays on the plain path: its "_N" NAL types mark pictures that only the
+# same temporal sub-layer does not reference, and FFmpeg skips them without looking at sub-layers.
+_SKIP_NONREF_CODECS = frozenset({"h264"})
+
+
+def _decode_ranks_skipping(
+    container, stream, index: _Index, wanted: list[int]
+) -> dict[int, av.VideoFrame] | None:
+    """`_decode_ranks`'s frames, decoding besides the targets only the frames other frames predict from.
+
+    The index pass already knows every target's pts, so each packet goes to the decoder with skip_frame
+    DEFAULT when its pts is a target and NONREF otherwise. A skipped frame is never a reference, so every
+    frame that is decoded has the pixels of a full decode; outputs are picked by pts instead of by count.
+    Returns None (the caller then decodes plainly) whenever the decoder's output disagrees with the index: a
+    seek that lands elsewhere, a frame whose pts is unknown or out of order, a target never output.
+    """
+    cc = stream.codec_context
+    rank = {p: r for r, p in enumerate(index.pts)}
+    targets = {index.pts[r] for r in wanted}
+    todo = list(wanted)  # ascending; outputs come in ascending pts, so todo[0] is always the next one
+    out: dict[int, av.VideoFrame] = {}
+    pos = None  # rank just after the last frame output; None before the first decode run
+    packets, expect, first = None, 0, True
+    try:
+        while todo:
+            key = index.seek_point(todo[0])
+            if pos is None or key > pos + _SEEK_MIN_SKIP:
+                if pos is None and key <= _SEEK_MIN_SKIP:
+                    key = 0  # the first frames are cheaper to decode than a seek
+                container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
+                packets, expect, first, pos = container.demux(stream), key, True, key
+            pkt = next(packets, None)
+            if pkt is None:
+                return None
+            flush = pkt.size == 0 and pkt.pts is None
+            cc.skip_frame = "DEFAULT" if flush or pkt.pts in targets else "NONREF"
+            for frame in cc.decode(pkt):
+                r = rank.get(frame.pts)
+                if r is None or r < expect or (first and r != expect):
+                    return None
+                first, expect, pos = False, r + 1, r + 1
+                if r == todo[0]:
+                    out[todo.pop(0)] = frame
+                    if not todo:
+                        break
+            if flush and todo:  # the stream ended before a target was output: the plain path knows what to do
+                return None
+    finally:
+        cc.skip_frame = "DEFAULT"
+    return out
+
+
 def _strip_chroma_location(frame: av.VideoFrame) -> av.VideoFrame:
     """A copy of `frame` without its chroma-location tag (FFmpeg 4.1's scale ignored it; FFmpeg 8 does not)."""
     clean = av.VideoFrame(frame.width, frame.height, frame.format.name)
@@ -244,11 +301,16 @@ def _read(path, pick, size: int) -> np.ndarray:
         ranks = [i % n for i in indices]
         wanted = sorted(set(ranks))
         try:
-            try:
-                frames = _decode_ranks(container, stream, index, wanted, allow_seek=True)
-            except _SeekMiss:
-                container.seek(0)
-                frames = _decode_ranks(container, stream, index, wanted, allow_seek=False)
+            frames = None
+            if index.by_pts and stream.codec_context.name in _SKIP_NONREF_CODECS:
+                frames = _decode_ranks_skipping(container, stream, index, wanted)
+            if frames is None:
+                try:
+                    container.seek(0)  # the index pass (or the skipping path) moved the demuxer
+                    frames = _decode_ranks(container, stream, index, wanted, allow_seek=True)
+                except _SeekMiss:
+                    container.seek(0)
+                    frames = _decode_ranks(container, stream, index, wanted, allow_seek=False)
         except _SeekMiss as e:
             raise MediaError(
                 path, "no frame could be decoded", "the video stream is corrupt; re-encode it"

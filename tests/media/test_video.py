@@ -99,3 +99,134 @@ def test_known_deviation_when_only_the_width_is_scaled(tmp_path):
     ref = decord.VideoReader(path, height=40, width=40).get_batch([0, 1]).asnumpy().astype(int)
     diff = np.abs(video.read_frames_at(path, [0, 1], size=40).astype(int) - ref)
     assert diff.mean() < 3 and diff.max() <= 64
+
+
+# --- the skipping path: frames identical to a plain decode of every frame -----------------------------------
+
+BFRAMES = {  # x264's fixed B-frame pattern (b-adapt=0:scenecut=0), so every clip surely has non-reference B-frames
+    "bf_default": (
+        "libx264",
+        {"g": "12", "x264-params": "b-adapt=0:scenecut=0"},
+        False,
+    ),  # 3 B, pyramid "normal"
+    "bf_no_pyramid": ("libx264", {"g": "12", "x264-params": "b-adapt=0:scenecut=0:b-pyramid=none"}, False),
+    "bf_strict_pyramid": (
+        "libx264",
+        {"g": "12", "x264-params": "b-adapt=0:scenecut=0:b-pyramid=strict:bframes=4"},
+        False,
+    ),
+    "bf_open_gop": ("libx264", {"g": "12", "x264-params": "b-adapt=0:scenecut=0:open-gop=1"}, False),
+    "bf_vfr": ("libx264", {"g": "12", "x264-params": "b-adapt=0:scenecut=0"}, True),  # retimed, see _retime
+    "hevc_bf": (
+        "libx265",
+        {"x265-params": "log-level=none:keyint=12:open-gop=0:b-adapt=0:scenecut=0:bframes=3"},
+        False,
+    ),
+}
+
+
+def _retime(src: str, dst: str) -> str:
+    """Remux `src` (constant frame rate) with frame durations of 0.5, 1 or 2.5 ticks: a VFR clip with B-frames.
+
+    (x264 itself mis-times B-frames on VFR input.) pts and dts go through one increasing map, so the order of
+    both, and pts >= dts, survive.
+    """
+    rng = np.random.default_rng(1)
+    with video.av.open(src) as i, video.av.open(dst, "w") as o:
+        s = i.streams.video[0]
+        tick = round(1 / (s.average_rate * s.time_base))
+        steps = rng.choice([tick // 2, tick, 5 * tick // 2], 4096)
+        starts = np.concatenate([[0], np.cumsum(steps)])
+        out = o.add_stream_from_template(s)
+        for pkt in i.demux(s):
+            if pkt.dts is None:
+                continue
+            pkt.pts, pkt.dts = (int(starts[t // tick]) if t >= 0 else t for t in (pkt.pts, pkt.dts))
+            pkt.stream = out
+            o.mux(pkt)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bclips(tmp_path_factory) -> dict[str, str]:
+    from tests.media.conftest import make_video
+
+    d = tmp_path_factory.mktemp("bframes")
+    out = {}
+    for name, (codec, opts, vfr) in BFRAMES.items():
+        out[name] = str(make_video(d / f"{name}.mp4", codec, 64, 48, 41, options=opts))
+        if vfr:
+            out[name] = _retime(out[name], str(d / f"{name}_vfr.mp4"))
+    return out
+
+
+def _all_frames(path: str) -> list:
+    """Every frame in presentation order, from one plain decode (no seeking, no skipping)."""
+    with video.av.open(path) as c:
+        return list(c.decode(c.streams.video[0]))
+
+
+def _skipping(path: str, wanted: list[int]) -> dict | None:
+    container, stream = video.open_video(path)
+    with container:
+        index = video._index(container, stream, path)
+        return video._decode_ranks_skipping(container, stream, index, wanted)
+
+
+@pytest.mark.parametrize("name", [n for n in BFRAMES if n.startswith("bf")])
+def test_skipping_path_equals_a_full_decode(bclips, name):
+    path = bclips[name]
+    full = _all_frames(path)
+    n = len(full)
+    types = [int(f.pict_type) for f in full]  # 3: B
+    b_ranks = [r for r, t in enumerate(types) if t == 3]
+    with video.av.open(path) as c:  # the clip must have frames that the skipping path leaves out
+        s = c.streams.video[0]
+        s.codec_context.skip_frame = "NONREF"
+        assert len(list(c.decode(s))) < n and len(b_ranks) > n // 3
+    for wanted in (sample_indices(n), b_ranks[::3], b_ranks[1::4] + [0, n - 1], list(range(n))):
+        wanted = sorted(set(wanted))
+        got = _skipping(path, wanted)
+        assert got is not None, "the skipping path must not fall back on a well-formed H.264 clip"
+        assert sorted(got) == wanted
+        for r in wanted:
+            assert got[r].pts == full[r].pts
+            np.testing.assert_array_equal(got[r].to_ndarray(), full[r].to_ndarray())
+    # through the public reader (skipping path + RGB), against decord and against converting the full decode
+    idx = b_ranks[:5] + sample_indices(n)
+    ours = video.read_frames_at(path, idx, size=40)
+    np.testing.assert_array_equal(ours, np.stack([video._to_rgb(full[r], 40) for r in idx]))
+    if name != "bf_open_gop":  # decord seeks into an open GOP and decodes its leading B-frames without
+        # their references ("Missing reference picture"); we (before and after skipping) decode them whole
+        ref = decord.VideoReader(path, height=40, width=40).get_batch(idx).asnumpy()
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_hevc_takes_the_plain_path_and_equals_a_full_decode(bclips):
+    """FFmpeg's HEVC NONREF skip ignores temporal sub-layers, so HEVC is never decoded with skipping.
+
+    Closed GOP: on x265's default open GOP decord decodes the leading frames of a CRA it seeks to without
+    their references, which nothing here reproduces (the same holds for H.264 open GOP, see above)."""
+    path = bclips["hevc_bf"]
+    full = _all_frames(path)
+    assert "hevc" not in video._SKIP_NONREF_CODECS
+    idx = sample_indices(len(full)) + [3, 7]
+    ours = video.read_frames_at(path, idx, size=40)
+    np.testing.assert_array_equal(ours, np.stack([video._to_rgb(full[r], 40) for r in idx]))
+    ref = decord.VideoReader(path, height=40, width=40).get_batch(idx).asnumpy()
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_skipping_path_declines_what_it_cannot_check(media, bclips):
+    path = bclips["bf_default"]
+    container, stream = video.open_video(path)
+    with container:
+        index = video._index(container, stream, path)
+    assert index.by_pts
+    missing = video._Index(
+        pts=index.pts[:-1] + [index.pts[-1] + 10**6], seek_ranks=index.seek_ranks, by_pts=True
+    )
+    container, stream = video.open_video(path)
+    with container:  # the last target's pts never comes out of the decoder: None, so the plain path decodes
+        assert video._decode_ranks_skipping(container, stream, missing, [0, len(index.pts) - 1]) is None
+        assert stream.codec_context.skip_frame == "DEFAULT"
