@@ -21,15 +21,15 @@ FLOOR = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 HEADS, HEAD_DIM, E = 2, 8, 12
 
 
-def _inputs(B, Nq, Nk, dtype, seed=0, requires_grad=False):
+def _inputs(B, Nq, Nk, dtype, seed=0, requires_grad=False, e=E):
     g = torch.Generator().manual_seed(seed)
     H = HEADS * HEAD_DIM
     ts = [
         torch.randn(B, Nq, H, generator=g),
-        torch.randn(B, Nk, E, generator=g),
-        torch.randn(H, E, generator=g) / E**0.5,
+        torch.randn(B, Nk, e, generator=g),
+        torch.randn(H, e, generator=g) / e**0.5,
         torch.randn(H, generator=g),
-        torch.randn(H, E, generator=g) / E**0.5,
+        torch.randn(H, e, generator=g) / e**0.5,
         torch.randn(H, generator=g),
     ]
     return [t.to(dtype).requires_grad_(requires_grad) for t in ts]
@@ -111,6 +111,17 @@ def test_cpu_kernel_matches_float64_reference(dtype, nq, nk, split_k, mask_kind)
     ins = _inputs(3, nq, nk, dtype, seed=nk)
     mask = _mask(mask_kind, 3, nk)
     _check(cross_attn(*ins, mask, HEADS, backend="cpu", split_k=split_k), ins, mask)
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("nq,e", [(3, 72), (17, 200), (20, 1000)])
+def test_cpu_kernel_vector_paths(dtype, nq, e):
+    # E spans whole register blocks, single vectors and a scalar tail (8- and 16-float vectors); rows
+    # R = 2·nq cover both x read in place (R <= 32, float32) and the converted tile, and a partial row block
+    ins = _inputs(3, nq, 45, dtype, seed=e, e=e)
+    mask = _mask("padded", 3, 45)
+    _check(cross_attn(*ins, mask, HEADS, backend="cpu", split_k=2), ins, mask)
 
 
 @needs_cpu_ext
