@@ -52,14 +52,14 @@ class AffectGPT(nn.Module):
     def encode_video(self, pixels: Tensor) -> Tensor:
         """CLIP image embeds of every frame: [B, T, 3, H, W] (normalised) -> Z_v [B, T, d_v]."""
         b, t = pixels.shape[:2]
-        feats = self.visual_encoder(pixels.flatten(0, 1).to(self._dtype(self.visual_encoder)))
+        feats = _encode_unique(self.visual_encoder, pixels.flatten(0, 1).to(self._dtype(self.visual_encoder)))
         return feats.view(b, t, -1)
 
     def encode_audio(self, windows: Tensor) -> Tensor:
         """HuBERT features of every window: [B, T, S] (jointly normalised) -> Z_a [B, T, d_a]."""
         b, t = windows.shape[:2]
-        feats = self.acoustic_encoder.pooled(windows.flatten(0, 1).to(self._dtype(self.acoustic_encoder)))
-        return feats.view(b, t, -1)
+        flat = windows.flatten(0, 1).to(self._dtype(self.acoustic_encoder))
+        return _encode_unique(self.acoustic_encoder.pooled, flat).view(b, t, -1)
 
     def multimodal_embeddings(self, z_video: Tensor, z_audio: Tensor) -> dict[str, Tensor]:
         """The fusion head's LLM embeddings keyed by placeholder token: each [B, K, D]."""
@@ -134,3 +134,20 @@ def _autocast_dtype(t: Tensor) -> torch.dtype | None:
     if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return None
+
+
+def _encode_unique(encode, x: Tensor) -> Tensor:
+    """``encode(x)`` computed once per distinct row of ``x`` [N, ...] -> [N, F].
+
+    Repeated inputs are common in the release's sampling: a clip of 2 s or less gives eight identical audio
+    windows, and a video of fewer than 8 frames repeats its last frame. The encoders are frozen and per-sample,
+    so encoding each distinct input once and scattering the results back gives the same features.
+    """
+    if x.shape[0] < 2:
+        return encode(x)
+    flat = x.reshape(x.shape[0], -1)
+    same = (flat[1:] == flat[:-1]).all(dim=1)
+    if not bool(same.any()):
+        return encode(x)  # the common case: consecutive rows differ, nothing to share
+    uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    return encode(uniq.view(-1, *x.shape[1:]))[inverse]

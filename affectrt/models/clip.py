@@ -92,10 +92,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, queries: int | None = None) -> Tensor:
+        """``queries``: only the first ``queries`` tokens attend (all tokens still serve as keys/values)."""
         n, t, d = x.shape
         # [N, T, 3, H, Dh] -> 3 x [N, H, T, Dh]
         q, k, v = self.qkv(x).view(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        if queries is not None:
+            q, t = q[:, :, :queries], queries
         y = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(Dh), no mask: every token sees all
         return self.out(y.transpose(1, 2).reshape(n, t, d))
 
@@ -114,6 +117,15 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln1(x))
+        return x + self.fc2(self.act(self.fc1(self.ln2(x))))
+
+    def forward_cls(self, x: Tensor) -> Tensor:
+        """The layer's output at the CLS token only: [N, T, d] -> [N, 1, d].
+
+        The image features read nothing else of the last layer, so its out-projection and MLP run on one token
+        instead of 257 (about 70% of that layer's work) with the same result.
+        """
+        x = x[:, :1] + self.attn(self.ln1(x), queries=1)
         return x + self.fc2(self.act(self.fc1(self.ln2(x))))
 
 
@@ -136,23 +148,32 @@ class CLIPVisionEncoder(nn.Module):
 
     def forward_tokens(self, pixel_values: Tensor) -> Tensor:
         """[N, C, H, W] normalised pixels -> last hidden state [N, num_tokens, hidden] (no post-LN)."""
-        n, _, h, w = pixel_values.shape
+        self._check_size(pixel_values)
+        return self._run(pixel_values, self.blocks)
+
+    def _check_size(self, pixel_values: Tensor) -> None:
+        h, w = pixel_values.shape[-2:]
         if h != self.cfg.image_size or w != self.cfg.image_size:
             raise ValueError(
                 f"pixel_values of size {h}x{w}: the encoder takes {self.cfg.image_size}x{self.cfg.image_size} "
                 "images (resize and crop them first; position embeddings are not interpolated)"
             )
+
+    def _run(self, pixel_values: Tensor, blocks) -> Tensor:
+        n = pixel_values.shape[0]
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [N, d, H/p, W/p]
         x = x.flatten(2).transpose(1, 2)  # [N, P, d]
         x = torch.cat([self.cls_token.expand(n, 1, -1), x], dim=1) + self.pos_embed
         x = self.ln_pre(x)
-        for block in self.blocks:
+        for block in blocks:
             x = block(x)
         return x
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """[N, C, H, W] normalised pixels -> image embeds [N, projection_dim] (``get_image_features``)."""
-        return self.proj(self.ln_post(self.forward_tokens(pixel_values)[:, 0]))
+        self._check_size(pixel_values)
+        x = self._run(pixel_values, self.blocks[:-1])
+        return self.proj(self.ln_post(self.blocks[-1].forward_cls(x)[:, 0]))
 
     # ---- Hugging Face weights -------------------------------------------------------------------
 
