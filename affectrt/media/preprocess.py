@@ -18,6 +18,8 @@ def clip_pixels(frames: np.ndarray | Tensor, media: MediaConfig | None = None) -
     """uint8 frames [..., H, W, 3] (channels last) -> float32 [..., 3, H, W] normalised for CLIP.
 
     Channel order is kept: RGB frames stay RGB and OpenFace faces stay BGR (the release never swaps them).
+    The transform is a function of (channel, byte value) alone, so it is computed once for the 3×256 possible
+    inputs, exactly as the processor computes it, and applied as a table lookup: bit-identical output.
     """
     media = media or MediaConfig()
     x = torch.as_tensor(frames)
@@ -26,7 +28,17 @@ def clip_pixels(frames: np.ndarray | Tensor, media: MediaConfig | None = None) -
             f"frames: expected uint8 [..., H, W, 3], got {x.dtype} {tuple(x.shape)}; pass the decoder's "
             "uint8 output"
         )
-    scaled = (x.to(torch.float64) * (1.0 / 255.0)).to(torch.float32)
-    mean = torch.tensor(media.clip_mean, dtype=torch.float32, device=x.device)
-    std = torch.tensor(media.clip_std, dtype=torch.float32, device=x.device)
-    return ((scaled - mean) / std).movedim(-1, -3).contiguous()
+    lut = _clip_table(media.clip_mean, media.clip_std, x.device)
+    h, w = x.shape[-3], x.shape[-2]
+    out = torch.empty((*x.shape[:-3], 3, h, w), dtype=torch.float32, device=x.device)
+    for c in range(3):
+        out[..., c, :, :] = lut[c][x[..., c].int()]
+    return out
+
+
+def _clip_table(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> Tensor:
+    """[3, 256] float32: ``(float32(float64(v) * (1/255)) - mean[c]) / std[c]`` in float32, as the processor does."""
+    scaled = (torch.arange(256, dtype=torch.float64) * (1.0 / 255.0)).to(torch.float32)
+    m = torch.tensor(mean, dtype=torch.float32)[:, None]
+    s = torch.tensor(std, dtype=torch.float32)[:, None]
+    return ((scaled[None, :] - m) / s).to(device)

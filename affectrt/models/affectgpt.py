@@ -144,10 +144,21 @@ def _encode_unique(encode, x: Tensor) -> Tensor:
     so encoding each distinct input once and scattering the results back gives the same features.
     """
     if x.shape[0] < 2:
-        return encode(x)
+        return _encode_chunked(encode, x)
     flat = x.reshape(x.shape[0], -1)
     same = (flat[1:] == flat[:-1]).all(dim=1)
     if not bool(same.any()):
-        return encode(x)  # the common case: consecutive rows differ, nothing to share
+        return _encode_chunked(encode, x)  # the common case: consecutive rows differ, nothing to share
     uniq, inverse = torch.unique(flat, dim=0, return_inverse=True)
-    return encode(uniq.view(-1, *x.shape[1:]))[inverse]
+    return _encode_chunked(encode, uniq.view(-1, *x.shape[1:]))[inverse]
+
+
+# Rows per encoder call on the CPU: past a handful of frames/windows the activations leave the caches and
+# every row gets slower (measured on the `small` preset: 64 CLIP frames at once 1.6x slower than 8 at a time).
+CPU_ENCODER_ROWS = 8
+
+
+def _encode_chunked(encode, x: Tensor) -> Tensor:
+    if x.device.type != "cpu" or x.shape[0] <= CPU_ENCODER_ROWS:
+        return encode(x)
+    return torch.cat([encode(chunk) for chunk in x.split(CPU_ENCODER_ROWS)])
