@@ -129,6 +129,10 @@ def _model_and_tokenizer(args: argparse.Namespace, variant: str):
         model, tokenizer = load_model(args.model_dir, args.checkpoint, variant=variant, llm_dtype=dtype)
         if args.checkpoint is None:
             print("affectrt: no --checkpoint: fusion head and LoRA are untrained", file=sys.stderr)
+    if args.merge_lora:
+        from affectrt.models.lora import merge_lora
+
+        merge_lora(model.llm)
     return model, tokenizer
 
 
@@ -253,6 +257,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         help="serve the encoders and fusion head with PyTorch, ONNX Runtime or TensorRT (see `affectrt export`)",
     )
     p.add_argument("--artifacts", default=None, help="folder written by `affectrt export` (with --encoders)")
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="fold LoRA into the base weights (faster; the release keeps it unmerged in fp32, so numerics differ slightly)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

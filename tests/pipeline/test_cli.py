@@ -71,3 +71,9 @@ def test_batch_command_writes_results_and_resumes(capsys, clip_path, tmp_path):
     assert "1 answered, 1 failed" in capsys.readouterr().err
     assert main(argv) == 0  # nothing left to do: the results file is not rewritten
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_infer_with_merged_lora(capsys, clip_path, face_npy, tiny_model_dir):
+    argv = ["infer", str(clip_path), "--face-npy", str(face_npy), "--model-dir", str(tiny_model_dir)]
+    assert main([*argv, "--max-new-tokens", "3", "--merge-lora", "--json"]) == 0
+    assert "answer" in json.loads(capsys.readouterr().out)
