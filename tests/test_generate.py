@@ -21,25 +21,15 @@ from affectrt.generate import (  # noqa: E402
     top_p_filter,
 )
 from affectrt.models.qwen2 import Qwen2ForCausalLM, qwen2_config_from_hf  # noqa: E402
+from affectrt.testing.hf_models import tiny_qwen2  # noqa: E402
 
 VOCAB, SEQ, NEW = 256, 9, 12
 
 
 @pytest.fixture(scope="module")
 def pair():
-    torch.manual_seed(0)
-    hc = transformers.Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        # A wide init spreads the logits: no near-ties to flip a greedy choice.
-        initializer_range=0.1,
-    )
-    hf = transformers.Qwen2ForCausalLM(hc).eval()
-    ours = Qwen2ForCausalLM(qwen2_config_from_hf(hc.to_dict())).eval()
+    hf = tiny_qwen2(VOCAB)  # a wide init: no near-ties to flip a greedy choice
+    ours = Qwen2ForCausalLM(qwen2_config_from_hf(hf.config.to_dict())).eval()
     ours.load_hf_state_dict(hf.state_dict())
     return hf, ours
 

@@ -150,3 +150,25 @@ def release_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     llm = {k.removeprefix("llm."): v.clone() for k, v in trainable.items() if k.startswith("llm.")}
     sd.update(lora_state_dict_to_release(llm, prefix="llama_model."))
     return sd
+
+
+def tiny_qwen2(vocab_size: int = 256, tie: bool = False, seed: int = 0):
+    """A tiny random ``transformers.Qwen2ForCausalLM`` in eval mode (2 layers, GQA 4/2 heads, hidden 64).
+
+    ``initializer_range=0.1`` spreads the logits so that greedy choices have no near-ties to flip.
+    """
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=1e6,
+        initializer_range=0.1,
+        tie_word_embeddings=tie,
+    )
+    return transformers.Qwen2ForCausalLM(config).eval()

@@ -24,6 +24,7 @@ from affectrt.models.lora import (  # noqa: E402
     unmerge_lora,
 )
 from affectrt.models.qwen2 import Qwen2ForCausalLM, qwen2_config_from_hf  # noqa: E402
+from affectrt.testing.hf_models import tiny_qwen2  # noqa: E402
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA = LoRAConfig(r=4, alpha=8, dropout=0.05, targets=TARGETS)
@@ -32,17 +33,7 @@ VOCAB = 256
 
 def peft_model(dtype: torch.dtype = torch.float32, seed: int = 0):
     """A peft-wrapped tiny HF Qwen2 (base in ``dtype``) with random nonzero lora_B."""
-    torch.manual_seed(seed)
-    hc = transformers.Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.1,
-    )
-    hf = transformers.Qwen2ForCausalLM(hc).eval()
+    hf = tiny_qwen2(VOCAB, seed=seed)
     if dtype != torch.float32:
         # Reload in ``dtype`` the way the release does (from_pretrained keeps RoPE's inv_freq in float32;
         # ``.to(dtype)`` would round it).

@@ -10,24 +10,13 @@ transformers = pytest.importorskip("transformers")
 from affectrt.models.hf_io import WeightsError  # noqa: E402
 from affectrt.models.kv_cache import StaticKVCache  # noqa: E402
 from affectrt.models.qwen2 import Qwen2ForCausalLM, hf_key, own_key, qwen2_config_from_hf  # noqa: E402
+from affectrt.testing.hf_models import tiny_qwen2  # noqa: E402
 
 VOCAB, SEQ = 256, 9
 
 
 def tiny_hf(tie: bool = False, seed: int = 0):
-    torch.manual_seed(seed)
-    hc = transformers.Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rope_theta=1e6,
-        initializer_range=0.1,
-        tie_word_embeddings=tie,
-    )
-    return transformers.Qwen2ForCausalLM(hc).eval()
+    return tiny_qwen2(VOCAB, tie=tie, seed=seed)
 
 
 @pytest.fixture(scope="module")
