@@ -128,18 +128,23 @@ def baseline_stages(up, clip: ClipInput, n_new: int):
     }
 
 
-def measure(stage_fns: dict, device: torch.device, repeats: int, n_new: int) -> dict[str, list[float]]:
-    times = {
-        s: time_call(stage_fns[s], device, repeats) for s in ("decode", "preprocess", "encoders", "fusion")
-    }
-    times["prefill"], times["decode/token"] = [], []
-    stage_fns["full"]()  # warm-up
+def measure(
+    paths: list[dict], device: torch.device, repeats: int, n_new: int
+) -> list[dict[str, list[float]]]:
+    """Per-stage times of each path, A and B interleaved repeat by repeat so that drift hits both alike."""
+    times = [{s: [] for s in STAGES} for _ in paths]
+    for fns in paths:  # warm-up: JIT, allocator, caches
+        for s in ("decode", "preprocess", "encoders", "fusion", "full"):
+            fns[s]()
     for _ in range(repeats):
-        # a token's cost: the full answer minus the prefill-only run, timed back to back
-        first = time_call(stage_fns["prefill"], device, 1, warmup=0)[0]
-        full = time_call(stage_fns["full"], device, 1, warmup=0)[0]
-        times["prefill"].append(first)
-        times["decode/token"].append(max(full - first, 0.0) / n_new)
+        for fns, t in zip(paths, times):
+            for s in ("decode", "preprocess", "encoders", "fusion"):
+                t[s] += time_call(fns[s], device, 1, warmup=0)
+            # a token's cost: the full answer minus the prefill-only run, timed back to back
+            first = time_call(fns["prefill"], device, 1, warmup=0)[0]
+            full = time_call(fns["full"], device, 1, warmup=0)[0]
+            t["prefill"].append(first)
+            t["decode/token"].append(max(full - first, 0.0) / n_new)
     return times
 
 
@@ -224,9 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{s} (torch)": time_call(eager[s], device, args.repeats) for s in ("encoders", "fusion")
         }
         pipe.encoders = serve_encoders(pipe, args.encoders, args.batch)
-    ours = measure(
-        affectrt_stages(pipe, [clip] * args.batch, args.new_tokens), device, args.repeats, args.new_tokens
-    )
+    paths = [affectrt_stages(pipe, [clip] * args.batch, args.new_tokens)]
+    if up is not None:
+        paths.append(baseline_stages(up, clip, args.new_tokens))
+    measured = measure(paths, device, args.repeats, args.new_tokens)
+    ours = measured[0]
     result = {
         **run_metadata(device),
         "preset": args.preset,
@@ -241,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result["affectrt_end_to_end_ms"] = end_to_end(result["affectrt"], args.new_tokens)
     if up is not None:
-        theirs = measure(baseline_stages(up, clip, args.new_tokens), device, args.repeats, args.new_tokens)
+        theirs = measured[1]
         result["baseline"] = {k: stats(v) for k, v in theirs.items()}
         result["baseline_end_to_end_ms"] = end_to_end(result["baseline"], args.new_tokens)
     if args.throughput:
