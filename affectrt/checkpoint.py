@@ -45,6 +45,18 @@ def find_subdir(model_dir: str | Path, names: tuple[str, ...], what: str) -> Pat
     )
 
 
+def generation_top_k(model_dir: str | Path, default: int = 20) -> int:
+    """The LLM folder's ``generation_config.json`` top-k: the one sampling setting the release does not pass."""
+    try:
+        path = find_subdir(model_dir, LLM_DIRS, "Qwen2.5 LLM") / "generation_config.json"
+    except FileNotFoundError:
+        return default
+    if not path.is_file():
+        return default
+    value = json.loads(path.read_text()).get("top_k")
+    return int(value) if value is not None else default
+
+
 def config_from_folders(
     vision_dir: str | Path, audio_dir: str | Path, llm_dir: str | Path, variant: str = "face"
 ) -> AffectGPTConfig:

@@ -160,15 +160,25 @@ def _pipeline(args: argparse.Namespace, variant: str):
     return AffectGPTPipeline(model, tokenizer, device=args.device, encoders=encoders), None
 
 
+def _generation(args: argparse.Namespace, pipe):
+    from affectrt.checkpoint import generation_top_k
+    from affectrt.pipeline import default_generation
+
+    top_k = generation_top_k(args.model_dir) if args.model_dir else 20
+    return default_generation(
+        pipe.tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed, top_k=top_k
+    )
+
+
 def infer(args: argparse.Namespace) -> int:
     from affectrt.media.errors import MediaError
-    from affectrt.pipeline import ClipInput, default_generation
+    from affectrt.pipeline import ClipInput
 
     variant = args.variant or ("face" if args.face_npy else "frame")
     pipe, code = _pipeline(args, variant)
     if pipe is None:
         return code
-    gen = default_generation(pipe.tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed)
+    gen = _generation(args, pipe)
     clip = ClipInput(video=args.video, subtitle=args.subtitle, face_npy=args.face_npy, audio=args.audio)
     try:
         (answer,) = pipe.answer([clip], question=args.question, gen=gen)
@@ -186,7 +196,7 @@ def batch(args: argparse.Namespace) -> int:
     """Answer every clip of a CSV list, writing JSON lines as it goes (a rerun resumes)."""
     import csv
 
-    from affectrt.pipeline import ClipInput, default_generation, run_batch_job
+    from affectrt.pipeline import ClipInput, run_batch_job
 
     with open(args.clips, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -215,7 +225,7 @@ def batch(args: argparse.Namespace) -> int:
     pipe, code = _pipeline(args, variant)
     if pipe is None:
         return code
-    gen = default_generation(pipe.tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed)
+    gen = _generation(args, pipe)
     results = run_batch_job(
         pipe, clips, args.out, question=args.question, gen=gen, batch_size=args.batch_size
     )

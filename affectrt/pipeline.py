@@ -60,16 +60,30 @@ class Batch:
     subtitles: list[str] = field(default_factory=list)
 
 
+# The release calls generate with max_length=2000 next to max_new_tokens: a prompt longer than
+# 2000 - max_new_tokens keeps only its last tokens (MODEL_SPEC §5.1).
+RELEASE_MAX_LENGTH = 2000
+
+
 def default_generation(
-    tokenizer: Tokenizer, max_new_tokens: int = 64, greedy: bool = True, seed: int | None = None
+    tokenizer: Tokenizer,
+    max_new_tokens: int = 64,
+    greedy: bool = True,
+    seed: int | None = None,
+    top_k: int = 20,
 ) -> GenerationConfig:
-    """The release's generation settings (T=1, top-p 0.9, top-k 20) or greedy, with its stop sequences."""
+    """The release's generation settings or greedy decoding, with its stop sequences.
+
+    The release sets temperature 1, top-p 0.9 and repetition penalty 1.0 explicitly; top-k is not passed, so
+    it comes from the LLM folder's ``generation_config.json`` (20 for Qwen2.5-Instruct): pass that value
+    (:func:`affectrt.checkpoint.generation_top_k`).
+    """
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=not greedy,
         temperature=1.0,
         top_p=0.9,
-        top_k=20,
+        top_k=top_k,
         seed=seed,
         stop_sequences=tokenizer.stop_sequences(),
         eos_token_id=tokenizer.eos_id,
@@ -190,6 +204,14 @@ class AffectGPTPipeline:
 
     @torch.inference_mode()
     def generate(self, embeds: Tensor, mask: Tensor, gen: GenerationConfig) -> list[str]:
+        """Decoded answers of a left-padded batch.
+
+        Like the release, a prompt longer than ``RELEASE_MAX_LENGTH - max_new_tokens`` keeps only its last
+        tokens (for a left-padded batch: the last columns, which cut each row to its own last tokens).
+        """
+        keep = RELEASE_MAX_LENGTH - gen.max_new_tokens
+        if keep > 0 and embeds.shape[1] > keep:
+            embeds, mask = embeds[:, -keep:], mask[:, -keep:]
         rows = generate(self.model.llm, inputs_embeds=embeds, attention_mask=mask, gen=gen)
         return [self.decode(r) for r in rows]
 

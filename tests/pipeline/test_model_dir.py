@@ -109,3 +109,32 @@ def test_loss_is_finite_and_masks_prompt(tiny_model_dir, clip_path, face_npy):
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == ["fusion.image_llama_proj.weight", "fusion.image_llama_proj.bias"]
     assert all(p.grad is None for p in model.visual_encoder.parameters())
+
+
+def test_long_prompts_keep_their_last_tokens_like_the_release(tiny_model_dir, monkeypatch, clip_path):
+    import affectrt.pipeline as pipeline
+    from affectrt.generate import generate
+
+    model, tok = load_model(tiny_model_dir, variant="frame")
+    pipe = AffectGPTPipeline(model, tok)
+    gen = default_generation(tok, max_new_tokens=4)
+    batch = pipe.preprocess([pipe.load_media(ClipInput(video=clip_path))] * 2, ["short", "a longer subtitle"])
+    embeds, mask = pipe.fused_prompt_embeds(*pipe.encode(batch), batch.subtitles, "ovlabel")
+    keep = embeds.shape[1] - 7
+    monkeypatch.setattr(pipeline, "RELEASE_MAX_LENGTH", keep + gen.max_new_tokens)
+    got = pipe.generate(embeds, mask, gen)
+    rows = generate(model.llm, inputs_embeds=embeds[:, -keep:], attention_mask=mask[:, -keep:], gen=gen)
+    assert got == [pipe.decode(r) for r in rows]
+
+
+def test_top_k_comes_from_the_llm_folder(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from affectrt.checkpoint import generation_top_k
+
+    assert generation_top_k(tmp_path) == 20  # no folder: the Qwen2.5-Instruct value
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "llm" / "generation_config.json").write_text(json.dumps({"top_k": 7, "top_p": 0.8}))
+    assert generation_top_k(copy) == 7
