@@ -8,8 +8,9 @@ release's (``config.py`` of the release):
     MODEL_DIR/llm     or MODEL_DIR/Qwen2.5-7B-Instruct         Qwen2.5 (+ tokenizer.json)
 
 The AffectGPT checkpoint is the release's ``.pth`` (trainable tensors under the release's key names, in
-``["model"]``, plus optimizer state that is ignored), loaded with ``weights_only=True``, or affectrt's own
-``.safetensors`` (trainable tensors under affectrt's names, the config in the metadata). Every key is
+``["model"]``, plus optimizer state that is ignored), loaded with ``weights_only=True``, the same tensors
+converted to ``.safetensors`` (release key names, no affectrt metadata), or affectrt's own ``.safetensors``
+(trainable tensors under affectrt's names, the config in the metadata). Every key is
 accounted for: missing, unexpected or mis-shaped keys raise one :class:`WeightsError` naming them.
 """
 
@@ -94,21 +95,39 @@ def load_base_weights(
     model.llm.load_hf_state_dict(load_state_dict(llm_dir), source=str(llm_dir), dtype=llm_dtype)
 
 
-def load_release_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
-    """Load an AffectGPT release ``.pth`` (trainable tensors) into a model with LoRA attached."""
+def release_to_affectrt(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Trainable tensors under the release's key names (a ``.pth``'s ``model`` dict) → affectrt's names."""
     from affectrt.models.lora import lora_state_dict_from_release
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    sd: dict[str, Tensor] = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
-    if not isinstance(sd, dict):
-        raise WeightsError(f"{path}: not an AffectGPT checkpoint (expected a dict of tensors under 'model')")
     sd = {k: v for k, v in sd.items() if not k.endswith(_IGNORED_RELEASE_SUFFIXES)}
     llm_sd = {k: v for k, v in sd.items() if k.startswith(RELEASE_LLM_PREFIX)}
     ours = {f"fusion.{k}": v for k, v in sd.items() if not k.startswith(RELEASE_LLM_PREFIX)}
     ours.update(
         {f"llm.{k}": v for k, v in lora_state_dict_from_release(llm_sd, prefix=RELEASE_LLM_PREFIX).items()}
     )
-    load_trainable(model, ours, source=str(path))
+    return ours
+
+
+def trainable_tensors(path: str | Path) -> dict[str, Tensor]:
+    """The trainable tensors (affectrt names) of any checkpoint: a release ``.pth``, the same tensors
+    converted to ``.safetensors`` (release key names), or an affectrt ``.safetensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        tensors, meta = _read_safetensors(path)
+        # A converted .pth holds the release's names, whatever metadata the converter wrote.
+        return tensors if meta.get("format") == "affectrt" else release_to_affectrt(tensors)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    sd = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{path}: not an AffectGPT checkpoint (expected a dict of tensors under 'model')")
+    return release_to_affectrt(sd)
+
+
+def load_release_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
+    """Load an AffectGPT release ``.pth`` (trainable tensors) into a model with LoRA attached."""
+    load_trainable(model, trainable_tensors(path), source=str(path))
 
 
 def load_trainable(model: torch.nn.Module, sd: dict[str, Tensor], source: str) -> None:
@@ -132,27 +151,23 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], AffectGPTConfig | None]:
     """Tensors and config of an affectrt ``.safetensors`` checkpoint."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = _read_safetensors(path)
     if meta.get("format") != "affectrt":
         raise WeightsError(f"{path}: not an affectrt checkpoint (no 'format: affectrt' metadata)")
     cfg = config_from_dict(json.loads(meta["config"])) if "config" in meta else None
     return tensors, cfg
 
 
+def _read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a release ``.pth`` or an affectrt ``.safetensors`` checkpoint into ``model``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        tensors, _ = read_checkpoint(path)
-        load_trainable(model, tensors, source=str(path))
-    else:
-        load_release_checkpoint(model, path)
+    """Load any checkpoint :func:`trainable_tensors` reads into ``model``; every key must match."""
+    load_trainable(model, trainable_tensors(path), source=str(path))
 
 
 def load_model(

@@ -72,11 +72,12 @@ def default_generation(
     seed: int | None = None,
     top_k: int = 20,
 ) -> GenerationConfig:
-    """The release's generation settings or greedy decoding, with its stop sequences.
+    """The release's generation settings or greedy decoding, with its stop sequences and eos ids.
 
     The release sets temperature 1, top-p 0.9 and repetition penalty 1.0 explicitly; top-k is not passed, so
     it comes from the LLM folder's ``generation_config.json`` (20 for Qwen2.5-Instruct): pass that value
-    (:func:`affectrt.checkpoint.generation_top_k`).
+    (:func:`affectrt.checkpoint.generation_top_k`). Like HF ``generate``, a row also stops on every eos id of
+    that file (``tokenizer.generation_eos_ids``: ``<|im_end|>`` and ``<|endoftext|>`` for Qwen2.5-Instruct).
     """
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -86,7 +87,7 @@ def default_generation(
         top_k=top_k,
         seed=seed,
         stop_sequences=tokenizer.stop_sequences(),
-        eos_token_id=tokenizer.eos_id,
+        eos_token_id=tokenizer.generation_eos_ids,
         pad_token_id=tokenizer.pad_id,
     )
 
@@ -216,11 +217,8 @@ class AffectGPTPipeline:
         return [self.decode(r) for r in rows]
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of one generated row, cut at eos and at ``###`` as the release does."""
-        ids = list(ids)
-        if self.tokenizer.eos_id in ids:
-            ids = ids[: ids.index(self.tokenizer.eos_id)]
-        return postprocess_answer(self.tokenizer.decode(ids))
+        """Text of one generated row: decoded with its special tokens, then cut as the release cuts it."""
+        return postprocess_answer(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     def answer(
         self,

@@ -108,3 +108,25 @@ def make_clip(path: Path, seconds: float = 3.0, fps: int = 25, size: tuple[int, 
         for pkt in aus.encode():
             out.mux(pkt)
     return path
+
+
+def make_wav(video: Path, out: Path) -> Path:
+    """The clip's audio track as the release's data holds it: a 16 kHz mono 16-bit ``.wav`` (``ffmpeg -ar 16000
+    -ac 1``), written once with PyAV."""
+    if out.exists():
+        return out
+    import av
+
+    with av.open(str(video)) as src, av.open(str(out), "w", format="wav") as dst:
+        stream = dst.add_stream("pcm_s16le", rate=16000, layout="mono")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        for frame in src.decode(audio=0):
+            for f in resampler.resample(frame):
+                for pkt in stream.encode(f):
+                    dst.mux(pkt)
+        for f in resampler.resample(None):
+            for pkt in stream.encode(f):
+                dst.mux(pkt)
+        for pkt in stream.encode():
+            dst.mux(pkt)
+    return out

@@ -11,9 +11,10 @@ Both paths load the same Hugging Face folders (random weights of the preset's si
 ``transformers`` models, unmerged ``peft`` LoRA, frames through PIL and the CLIP processor, audio through the
 Wav2Vec2 feature extractor with host round trips, HF ``generate``.
 
-Stages: decode (frames + 8 audio windows from the file), preprocess (CLIP / HuBERT input normalisation),
-encoders (CLIP + HuBERT), fusion (token compression + pre-fusion), prefill (prompt splice + LLM over the prompt
-+ first token), decode/token (each further token). Every run decodes exactly ``--new-tokens`` tokens (no stop
+Stages: decode (frames from the video + 8 audio windows from the clip's 16 kHz .wav, as the release's data
+has it), preprocess (CLIP / HuBERT input normalisation), encoders (CLIP + HuBERT), fusion (token compression +
+pre-fusion + prompt splice into inputs_embeds: affectrt's production call ``fused_prompt_embeds``), prefill
+(LLM over the prompt + first token), decode/token (each further token). Every run decodes exactly ``--new-tokens`` tokens (no stop
 strings) so both paths do the same work. Timings are medians with p20/p80 over ``--repeats`` runs, A and B
 interleaved in one process; the speed-up column is baseline / affectrt.
 """
@@ -26,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_clip, run_metadata, stats, sync, time_call  # noqa: E402
+from _common import make_clip, make_wav, run_metadata, stats, sync, time_call  # noqa: E402
 
 from affectrt.checkpoint import load_model  # noqa: E402
 from affectrt.config import get_preset  # noqa: E402
@@ -86,17 +88,18 @@ def affectrt_stages(pipe: AffectGPTPipeline, clips: list[ClipInput], n_new: int)
     media = [pipe.load_media(c) for c in clips]
     batch = pipe.preprocess(media, subs)
     z_v, z_a = pipe.encode(batch)
-    feats = pipe.fuse(z_v, z_a)
+
+    # The production path (``answer`` and the batch job): the fused head writes into inputs_embeds.
+    embeds, mask = pipe.fused_prompt_embeds(z_v, z_a, subs, "ovlabel")
 
     def answer(n: int) -> None:
-        e, m = pipe.prompt_embeds(feats, subs, "ovlabel")
-        pipe.generate(e, m, gen(n))
+        pipe.generate(embeds, mask, gen(n))
 
     return {
         "decode": lambda: [pipe.load_media(c) for c in clips],
         "preprocess": lambda: pipe.preprocess(media, subs),
         "encoders": lambda: pipe.encode(batch),
-        "fusion": lambda: pipe.fuse(z_v, z_a),
+        "fusion": lambda: pipe.fused_prompt_embeds(z_v, z_a, subs, "ovlabel"),
         "prefill": lambda: answer(1),
         "full": lambda: answer(1 + n_new),
     }
@@ -106,23 +109,26 @@ def baseline_stages(up, clip: ClipInput, n_new: int):
     from affectrt.testing import upstream
 
     raw_v = upstream.read_visual(up, clip.video, clip.face_npy)
-    raw_a = upstream.read_audio(up, clip.audio or clip.video)
+    raw_a = upstream.read_audio(up, clip.audio)
     pixels, values = upstream.preprocess_visual(up, raw_v), upstream.preprocess_audio(up, raw_a)
     z_v, z_a = upstream.clip_forward(up, pixels), upstream.hubert_forward(up, values)
-    feats = upstream.fuse(up, z_v, z_a)
+
+    def fusion():
+        return upstream.prompt_embeds(up, upstream.fuse(up, z_v, z_a), clip.subtitle, "ovlabel")
+
+    embeds = fusion()
 
     def answer(n: int) -> None:
-        embeds = upstream.prompt_embeds(up, feats, clip.subtitle, "ovlabel")
-        upstream.generate_ids(up, embeds, n, stop_sequences=())
+        upstream.generate_ids(up, embeds, n, stop_words=[])
 
     return {
         "decode": lambda: (
             upstream.read_visual(up, clip.video, clip.face_npy),
-            upstream.read_audio(up, clip.audio or clip.video),
+            upstream.read_audio(up, clip.audio),
         ),
         "preprocess": lambda: (upstream.preprocess_visual(up, raw_v), upstream.preprocess_audio(up, raw_a)),
         "encoders": lambda: (upstream.clip_forward(up, pixels), upstream.hubert_forward(up, values)),
-        "fusion": lambda: upstream.fuse(up, z_v, z_a),
+        "fusion": fusion,
         "prefill": lambda: answer(1),
         "full": lambda: answer(1 + n_new),
     }
@@ -152,13 +158,19 @@ def end_to_end(stages: dict[str, dict], n_new: int) -> float:
     return sum(stages[s]["median_ms"] for s in STAGES[:-1]) + n_new * stages["decode/token"]["median_ms"]
 
 
-def throughput(pipe, up, clips: list[ClipInput], batch: int, n_new: int, device: torch.device) -> dict:
-    """clips/s over the whole list: affectrt in batches of ``batch``, the baseline one clip at a time."""
+def throughput(
+    pipe, up, clips: list[ClipInput], batch: int, n_new: int, device: torch.device, rounds: int = 2
+) -> dict:
+    """clips/s over the whole list: affectrt in batches of ``batch``, the baseline one clip at a time.
+
+    Both run once on one batch's worth of clips to warm up, then alternate over the whole list ``rounds``
+    times (A B A B ...); each side's clips/s is the median over its rounds.
+    """
     from affectrt.testing import upstream
 
     gen = GenerationConfig(max_new_tokens=n_new, do_sample=False, stop_sequences=(), eos_token_id=None)
 
-    def ours() -> None:
+    def ours(clips: list[ClipInput]) -> None:
         # the real batch job: media loader prefetching the next batch, results written as they go
         import tempfile
 
@@ -170,22 +182,25 @@ def throughput(pipe, up, clips: list[ClipInput], batch: int, n_new: int, device:
         with tempfile.TemporaryDirectory() as tmp:
             run_batch_job(pipe, named, Path(tmp) / "results.jsonl", gen=gen, batch_size=batch, progress=False)
 
-    def theirs() -> None:
+    def theirs(clips: list[ClipInput]) -> None:
         for c in clips:
             z_v = upstream.encode_visual(up, upstream.read_visual(up, c.video, c.face_npy))
-            z_a = upstream.encode_audio(up, upstream.read_audio(up, c.audio or c.video))
-            upstream.generate_ids(
-                up, upstream.prompt_embeds(up, upstream.fuse(up, z_v, z_a), c.subtitle, "ovlabel"), n_new, ()
-            )
+            z_a = upstream.encode_audio(up, upstream.read_audio(up, c.audio))
+            embeds = upstream.prompt_embeds(up, upstream.fuse(up, z_v, z_a), c.subtitle, "ovlabel")
+            upstream.generate_ids(up, embeds, n_new, stop_words=[])
 
-    out = {}
-    for name, fn in (("affectrt", ours), ("baseline", theirs)) if up is not None else (("affectrt", ours),):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out[name] = len(clips) / (time.perf_counter() - t0)
-    return out
+    sides = {"affectrt": ours} if up is None else {"affectrt": ours, "baseline": theirs}
+    for fn in sides.values():
+        fn(clips[:batch])
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn(clips)
+            sync(device)
+            rates[name].append(len(clips) / (time.perf_counter() - t0))
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -214,13 +229,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     pipe, up = prepare_models(args.preset, args.variant, device, baseline=not args.no_baseline)
     clip_path = args.clip or make_clip(Path("bench_results/clips/latency_clip.mp4"))
+    # the release reads a separately extracted 16 kHz .wav; both paths read this one
+    wav = make_wav(clip_path, Path("bench_results/clips") / f"{clip_path.stem}_16k.wav")
     face_npy = None
     if args.variant == "face":
-        import numpy as np
-
         face_npy = Path("bench_results/clips/latency_faces.npy")
         np.save(face_npy, np.random.default_rng(0).integers(0, 256, (75, 112, 112, 3), dtype=np.uint8))
-    clip = ClipInput(video=clip_path, subtitle=SUBTITLE, face_npy=face_npy)
+    clip = ClipInput(video=clip_path, subtitle=SUBTITLE, face_npy=face_npy, audio=wav)
 
     torch_rows = {}
     if args.encoders != "torch":

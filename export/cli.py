@@ -70,24 +70,11 @@ class ExportModel:
 
 
 def _fusion_state_from_checkpoint(path: Path) -> dict:
-    """The fusion head's tensors (FusionHead key names) of a release ``.pth`` or affectrt ``.safetensors``."""
-    import torch
+    """The fusion head's tensors (FusionHead key names) of any checkpoint ``affectrt.checkpoint`` reads."""
+    from affectrt.checkpoint import trainable_tensors
 
-    from affectrt.checkpoint import RELEASE_LLM_PREFIX, read_checkpoint
-    from affectrt.models.hf_io import WeightsError
-
-    if path.suffix == ".safetensors":
-        tensors, _ = read_checkpoint(path)
-        return {k.removeprefix("fusion."): v for k, v in tensors.items() if k.startswith("fusion.")}
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    sd = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
-    if not isinstance(sd, dict):
-        raise WeightsError(f"{path}: not an AffectGPT checkpoint (expected a dict of tensors under 'model')")
-    return {
-        k: v
-        for k, v in sd.items()
-        if not k.startswith(RELEASE_LLM_PREFIX) and not k.endswith(".position_ids")
-    }
+    tensors = trainable_tensors(path)
+    return {k.removeprefix("fusion."): v for k, v in tensors.items() if k.startswith("fusion.")}
 
 
 def load_export_model(model_dir: str | Path, checkpoint: str | Path | None = None, variant: str = "face"):

@@ -3,7 +3,7 @@
 The release (MODEL_SPEC §1.2, §8): `torchaudio.load(wav)` → `torchaudio.functional.resample(·, sr, 16000)` →
 average the channels only when there are exactly 2 (any other count is kept and HuBERT reads channel 0) →
 zero-pad at the end to ≥ 2 s → eight windows `wave[int(16000·s_i) : int(16000·(s_i + 2))]` with
-s_i = i·max(D − 2, 0)/7 (see `sampling.audio_window_slices`). HuBERT then gets one zero-mean/unit-variance
+s_i = i·max(D − 2, 0)/8 (pytorchvideo 0.1.5; see `sampling.audio_window_slices`). HuBERT then gets one zero-mean/unit-variance
 normalisation over all eight windows together (`joint_normalize`).
 
 Differences from the release, on purpose: we also read the audio track of a video container (the release's

@@ -3,9 +3,11 @@
 Frames: `np.arange(0, n, n / min(k, n)).astype(int)`, start-aligned, padded with the last index when n < k.
 Audio: pytorchvideo `ConstantClipsPerVideoSampler(clip_duration=2, clips_per_video=8)` as ImageBind's
 `load_audio` calls it, with its exact arithmetic: the duration D = samples / rate is a Python float,
-`max(D - 2, 0)` is taken in float and turned into an exact `Fraction`, clip i starts at that Fraction·i/7 and the
+`max(D - 2, 0)` is taken in float and turned into an exact `Fraction`, clip i starts at that Fraction·i/8 and the
 slice is `wave[int(rate·s_i) : int(rate·(s_i + 2))]`, truncating exact rationals, so every slice has exactly
-rate·2 samples.
+rate·2 samples. The release pins pytorchvideo 0.1.5 from PyPI, whose sampler divides by `clips_per_video` (8);
+later git revisions divide by `clips_per_video − 1`, which the release never ran, so the last window ends
+2/8 of the spare time before the end of the clip.
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ def sample_indices(n: int, k: int = 8) -> list[int]:
 
 
 def audio_window_starts(duration_s: float, n: int = 8, clip_s: float = 2.0) -> list[Fraction]:
-    """Start times (exact `Fraction`s, seconds) of the n windows: s_i = i·max(D − clip_s, 0)/(n − 1).
+    """Start times (exact `Fraction`s, seconds) of the n windows: s_i = i·max(D − clip_s, 0)/n.
 
     `duration_s` must be the float the release computes (samples / rate); the subtraction happens in float,
     as pytorchvideo's `float - Fraction` does, and only then becomes exact.
     """
     max_start = Fraction(max(float(duration_s) - float(Fraction(clip_s)), 0))
-    step = max_start / max(n - 1, 1)
+    step = max_start / n  # pytorchvideo 0.1.5: Fraction(max_possible_clip_start, clips_per_video)
     return [step * i for i in range(n)]
 
 

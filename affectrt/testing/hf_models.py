@@ -129,7 +129,31 @@ def write_hf_model_dir(cfg: AffectGPTConfig, root: str | Path, seed: int = 0, bp
         llm.save_pretrained(root / "llm")
         backend = bpe_tokenizer(q.vocab_size) if bpe else byte_level_tokenizer().backend
         backend.save(str(root / "llm" / "tokenizer.json"))
+        write_generation_config(root / "llm", backend)
     return root
+
+
+def write_generation_config(llm_dir: str | Path, backend, **overrides: object) -> None:
+    """``generation_config.json`` with Qwen2.5-7B-Instruct's settings, in this tokenizer's ids.
+
+    Qwen2.5-Instruct stops on ``<|im_end|>`` and ``<|endoftext|>`` and samples with top-k 20 (the release
+    overrides temperature, top-p and the repetition penalty, but not top-k).
+    """
+    import json
+
+    endoftext, im_end = backend.token_to_id("<|endoftext|>"), backend.token_to_id("<|im_end|>")
+    cfg = {
+        "bos_token_id": endoftext,
+        "do_sample": True,
+        "eos_token_id": [im_end, endoftext],
+        "pad_token_id": endoftext,
+        "repetition_penalty": 1.05,
+        "temperature": 0.7,
+        "top_k": 20,
+        "top_p": 0.8,
+    }
+    cfg.update(overrides)
+    (Path(llm_dir) / "generation_config.json").write_text(json.dumps(cfg, indent=2))
 
 
 def randomize_trainable(model: torch.nn.Module, seed: int = 7, scale: float = 0.05) -> None:

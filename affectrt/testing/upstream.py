@@ -4,17 +4,22 @@ This is the yardstick of the parity tests and the baseline of ``benchmarks/laten
 ``transformers`` models (CLIPModel, HubertModel, Qwen2ForCausalLM) with unmerged ``peft`` LoRA, frames through
 PIL and ``CLIPImageProcessor``, audio through ``Wav2Vec2FeatureExtractor`` with the device → host → device
 round trips of the release, the fusion head as the release's sequence of small eager ops, and HF ``generate``
-with a stopping criterion that, like the release's, checks only row 0.
+with the release's stopping criterion (which checks only row 0) and the folder's eos ids.
 
-Where the release uses a library that cannot be installed here the nearest equivalent is used and said:
-decord for frames when installed (else affectrt's decord-exact PyAV reader); OpenCV for faces when installed;
-affectrt's torchaudio-equivalent resampler for audio (torchaudio has no build for this torch). The release's
-unused ImageBind fbank features are not computed, which makes this baseline faster than the real one.
+It never calls the affectrt code it judges: its frame-index rule, audio windows (pytorchvideo 0.1.5's
+``ConstantClipsPerVideoSampler`` arithmetic), prompt text, stop tokens and answer post-processing are written
+here from the release's behaviour. Frames come from decord and faces are resized with OpenCV, as in the
+release; audio is the release's ``.wav`` read as ``torchaudio.load`` reads 16-bit PCM (stdlib ``wave``),
+resampled with torchaudio when the rate is not 16 kHz. When one of these oracles is missing, the reference
+raises :class:`OracleMissing` instead of falling back to affectrt's readers. The release's unused ImageBind
+fbank features are not computed, which makes this baseline faster than the real one.
 """
 
 from __future__ import annotations
 
+import wave
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +28,37 @@ from torch import Tensor
 
 from affectrt.checkpoint import AUDIO_DIRS, LLM_DIRS, VISION_DIRS, find_subdir
 from affectrt.config import AffectGPTConfig
-from affectrt.media.sampling import sample_indices
-from affectrt.text.prompts import QUESTIONS, build_prompt, postprocess_answer
+
+
+class OracleMissing(ImportError):
+    """A library the release reads media with is not installed: the reference cannot judge without it."""
+
+
+def _oracle(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise OracleMissing(f"the reference needs {module} ({what}); install it: pip install '.[dev]'") from e
+
+
+# The release's prompt (base_dataset.py get_prompt_for_multimodal) and questions, written out in full.
+_RELEASE_PROMPT = {
+    "face": "###Human: The audio and video merged info is: <Multi><MultiHere></Multi>. The audio content is as "
+    "follows: <Audio><AudioHere></Audio>. Meanwhile, we uniformly sample raw frames from the video and extract "
+    "faces from these frames: <Video><FaceHere></Video>. The subtitle of this video is: <Subtitle>{subtitle}"
+    "</Subtitle>. Now, please answer my question based on all the provided information. {question} "
+    "###Assistant: ",
+    "frame": "###Human: The audio and video merged info is: <Multi><MultiHere></Multi>. The audio content is as "
+    "follows: <Audio><AudioHere></Audio>. Meanwhile, we uniformly sample raw frames from the video: "
+    "<Video><FrameHere></Video>. The subtitle of this video is: <Subtitle>{subtitle}</Subtitle>. Now, please "
+    "answer my question based on all the provided information. {question} ###Assistant: ",
+}
+_RELEASE_QUESTIONS = {
+    "ovlabel": "Please recognize all possible emotional states of the character.",
+    "description": "Please infer the person's emotional state and provide your reasoning process.",
+}
 
 
 @dataclass
@@ -94,42 +128,70 @@ def load_upstream(
 # ------------------------------------------------------------------------------------------ media (CPU)
 
 
+def release_frame_indices(vlen: int, n_frms: int) -> list[int]:
+    """``load_video``/``load_face``: ``np.arange(0, vlen, vlen / min(n, vlen)).astype(int)``, the last index
+    repeated when the clip has fewer than ``n_frms`` frames."""
+    idx = np.arange(0, vlen, vlen / min(n_frms, vlen)).astype(int).tolist()
+    while len(idx) < n_frms:
+        idx.append(idx[-1])
+    return idx
+
+
 def read_visual(up: UpstreamModels, video: str | Path | None, face_npy: str | Path | None) -> Tensor:
     """``raw_frame`` / ``raw_face`` of the release: float [3, T, 224, 224] on the CPU."""
     n, size = up.cfg.media.n_frames, up.cfg.media.image_size
     if up.cfg.visual_input == "face":
+        cv2 = _oracle("cv2", "the release resizes OpenFace faces with cv2.resize")
         faces = np.load(face_npy)
-        try:
-            import cv2
-
-            resized = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in faces])
-        except ImportError:
-            from affectrt.media.faces import resize_linear_u8
-
-            resized = np.stack([resize_linear_u8(f, size, size) for f in faces])
-        frames = resized[sample_indices(len(resized), n)]
+        resized = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in faces])
+        frames = resized[release_frame_indices(len(resized), n)]
     else:
-        try:
-            import decord
-
-            vr = decord.VideoReader(str(video), height=size, width=size)
-            frames = vr.get_batch(sample_indices(len(vr), n)).asnumpy()
-        except ImportError:
-            from affectrt.media.video import read_frames
-
-            frames = read_frames(video, n_frames=n, size=size)
+        decord = _oracle("decord", "the release reads frames with decord.VideoReader")
+        vr = decord.VideoReader(str(video), height=size, width=size)
+        frames = vr.get_batch(release_frame_indices(len(vr), n)).asnumpy()
     return torch.from_numpy(frames).float().permute(3, 0, 1, 2)
 
 
-def read_audio(up: UpstreamModels, path: str | Path) -> Tensor:
-    """``raw_audio`` of the release: [T, 1, 32000] on the CPU (``load_audio``)."""
-    from affectrt.media.audio import load_audio_windows
+def release_audio_clips(duration: float, clip_duration: float = 2, clips_per_video: int = 8) -> list:
+    """(start, end) seconds of ImageBind's ``get_clip_timepoints`` driving pytorchvideo 0.1.5's
+    ``ConstantClipsPerVideoSampler``: start_i = Fraction(max(D − 2, 0)) / clips_per_video · i, in exact rationals
+    (the float subtraction first, as ``float - Fraction`` gives a float)."""
+    clip = Fraction(clip_duration)
+    max_start = Fraction(max(duration - clip, 0))
+    uniform = Fraction(max_start, clips_per_video)
+    return [(uniform * i, uniform * i + clip) for i in range(clips_per_video)]
 
+
+def _read_wav(path: str | Path) -> tuple[Tensor, int]:
+    """``torchaudio.load`` of a 16-bit PCM ``.wav``: float32 [channels, samples] = int16 / 32768, and the rate."""
+    with wave.open(str(path)) as w:
+        if w.getsampwidth() != 2:
+            raise OracleMissing(
+                f"{path}: the reference reads 16-bit PCM .wav files only, as the release's data has"
+            )
+        data = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, w.getnchannels()).T
+        rate = w.getframerate()
+    return torch.from_numpy(data.astype(np.float32) / np.float32(32768)), rate
+
+
+def read_audio(up: UpstreamModels, path: str | Path) -> Tensor:
+    """``raw_audio`` of the release (ImageBind ``load_audio``): [T, 1, 32000] on the CPU, from a ``.wav``."""
     m = up.cfg.media
-    windows = load_audio_windows(
-        path, sample_rate=m.sample_rate, n_clips=m.n_audio_clips, clip_seconds=m.clip_seconds
-    )
-    return windows[:, None, :]
+    waveform, rate = _read_wav(path)
+    if rate != m.sample_rate:
+        torchaudio = _oracle("torchaudio", "the release resamples with torchaudio.functional.resample")
+        waveform = torchaudio.functional.resample(waveform, orig_freq=rate, new_freq=m.sample_rate)
+    if waveform.shape[0] == 2:
+        waveform = waveform.mean(dim=0, keepdim=True)
+    target = int(m.clip_seconds * m.sample_rate)
+    if waveform.shape[1] < target:
+        waveform = torch.nn.functional.pad(waveform, (0, target - waveform.shape[1]))
+    duration = waveform.size(1) / m.sample_rate
+    clips = [
+        waveform[:, int(start * m.sample_rate) : int(end * m.sample_rate)]
+        for start, end in release_audio_clips(duration, m.clip_seconds, m.n_audio_clips)
+    ]
+    return torch.stack(clips)[:, :1]  # HuBERT reads channel 0: [T, 1, S]
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -218,10 +280,26 @@ def fuse(up: UpstreamModels, z_v: Tensor, z_a: Tensor) -> dict[str, Tensor]:
     return {"<MultiHere>": h_m[:, None], "<AudioHere>": h_a[:, None], video_token: h_v[:, None]}
 
 
+def release_prompt(cfg: AffectGPTConfig, subtitle: str, question: str) -> str:
+    """The release's prompt text: template, subtitle and question, each ``<…Here>`` repeated K times."""
+    prompt = _RELEASE_PROMPT[cfg.visual_input].format(
+        subtitle=subtitle, question=_RELEASE_QUESTIONS.get(question, question)
+    )
+    f = cfg.fusion
+    for token, k in (
+        ("<MultiHere>", f.num_multi_query_token),
+        ("<AudioHere>", f.num_audio_query_token),
+        ("<FaceHere>", f.num_video_query_token),
+        ("<FrameHere>", f.num_video_query_token),
+    ):
+        prompt = prompt.replace(token, token * k)
+    return prompt
+
+
 @torch.inference_mode()
 def prompt_embeds(up: UpstreamModels, feats: dict[str, Tensor], subtitle: str, question: str) -> Tensor:
     """``answer_sample``'s splicing: placeholder ids → 0, embed, concatenate the features in. -> [1, L, D]."""
-    prompt = build_prompt(up.cfg, subtitle, QUESTIONS.get(question, question))
+    prompt = release_prompt(up.cfg, subtitle, question)
     ids = up.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(up.device)
     embed = up.llm.get_input_embeddings()
     tok_ids = {name: up.tokenizer.convert_tokens_to_ids(name) for name in feats}
@@ -236,34 +314,70 @@ def prompt_embeds(up: UpstreamModels, feats: dict[str, Tensor], subtitle: str, q
     return embeds
 
 
+def release_stop_words(tokenizer) -> list[list[int]]:
+    """The release's stop words: ``<|im_end|>``, the token ``###``, and the splits ``##``+``#``, ``#``+``##``
+    (each only when the vocabulary has those tokens)."""
+    vocab = tokenizer.get_vocab()
+    stops = [[vocab["<|im_end|>"]]]
+    for pieces in (("###",), ("##", "#"), ("#", "##")):
+        if all(p in vocab for p in pieces):
+            stops.append([vocab[p] for p in pieces])
+    return stops
+
+
 @torch.inference_mode()
 def generate_ids(
-    up: UpstreamModels, embeds: Tensor, max_new_tokens: int, stop_sequences, do_sample: bool = False
-):
-    """HF ``generate`` with the release's row-0 stopping criterion. Returns the generated ids of row 0."""
+    up: UpstreamModels,
+    embeds: Tensor,
+    max_new_tokens: int,
+    stop_words: list[list[int]] | None = None,
+    do_sample: bool = False,
+) -> list[int]:
+    """HF ``generate`` with the release's ``StoppingCriteriaSub`` (row 0 only) and the LLM folder's
+    ``generation_config`` (its eos ids and top-k, which the release does not override). Returns row 0's ids.
+
+    ``stop_words``: the release's by default; ``[]`` for none (timing a fixed number of tokens).
+    """
     import transformers
 
-    class StopOnRow0(transformers.StoppingCriteria):
+    stops = [
+        torch.tensor(s, device=embeds.device)
+        for s in (release_stop_words(up.tokenizer) if stop_words is None else stop_words)
+    ]
+
+    class StoppingCriteriaSub(transformers.StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            row = input_ids[0].tolist()
-            done = any(len(s) <= len(row) and tuple(row[-len(s) :]) == tuple(s) for s in stop_sequences)
+            done = any(
+                len(s) <= input_ids.shape[1] and bool(torch.all(s == input_ids[0][-len(s) :])) for s in stops
+            )
             return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
+    extra = {} if stop_words is None else {"eos_token_id": None}
     out = up.llm.generate(
         inputs_embeds=embeds,
         attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        top_p=0.9 if do_sample else None,
-        top_k=20 if do_sample else None,
-        temperature=1.0 if do_sample else None,
+        top_p=0.9,
+        temperature=1.0,
         num_beams=1,
+        min_length=1,
         repetition_penalty=1.0,
-        stopping_criteria=transformers.StoppingCriteriaList([StopOnRow0()]),
+        stopping_criteria=transformers.StoppingCriteriaList([StoppingCriteriaSub()]),
         pad_token_id=up.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        eos_token_id=None,
+        **extra,
     )
     return out[0].tolist()
+
+
+def release_answer_text(decoded: str) -> str:
+    """``answer_sample``'s post-processing of the output decoded with its special tokens."""
+    if "<|im_start|>" in decoded:
+        decoded = decoded.split("<|im_start|>")[1]
+    if "<|im_end|>" in decoded:
+        decoded = decoded.split("<|im_end|>")[0]
+    decoded = decoded.rsplit("###", 1)[0]
+    return decoded.split("Assistant:")[-1].strip()
 
 
 def answer(
@@ -274,13 +388,12 @@ def answer(
     audio: str | Path | None = None,
     question: str = "ovlabel",
     max_new_tokens: int = 64,
-    stop_sequences=(),
 ) -> tuple[str, list[int]]:
-    """One clip end to end, as ``inference_hybird.py`` does it. Returns (text, generated ids)."""
+    """One clip end to end, as ``inference_hybird.py`` does it (``audio``: the clip's ``.wav``).
+
+    Returns (text, generated ids)."""
     z_v = encode_visual(up, read_visual(up, video, face_npy))
-    z_a = encode_audio(up, read_audio(up, audio or video))
+    z_a = encode_audio(up, read_audio(up, audio))
     embeds = prompt_embeds(up, fuse(up, z_v, z_a), subtitle, question)
-    ids = generate_ids(up, embeds, max_new_tokens, stop_sequences)
-    eos = up.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    text_ids = ids[: ids.index(eos)] if eos in ids else ids
-    return postprocess_answer(up.tokenizer.decode(text_ids, skip_special_tokens=True)), ids
+    ids = generate_ids(up, embeds, max_new_tokens)
+    return release_answer_text(up.tokenizer.decode(ids, skip_special_tokens=False)), ids

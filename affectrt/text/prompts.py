@@ -7,9 +7,11 @@ placeholders are special tokens, each repeated K times (the number of query toke
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-from affectrt.config import AffectGPTConfig
+from affectrt.config import PLACEHOLDER_TOKENS, AffectGPTConfig
+from affectrt.text.tokenizer import Prompt
 
 OVLABEL_QUESTION = "Please recognize all possible emotional states of the character."
 DESCRIPTION_QUESTION = "Please infer the person's emotional state and provide your reasoning process."
@@ -50,19 +52,31 @@ def template(visual_input: str, with_multi: bool = True) -> str:
     return "###Human: " + (_MULTI if with_multi else "") + _AUDIO + visual + _TAIL
 
 
-def build_prompt(cfg: AffectGPTConfig, subtitle: str, question: str) -> str:
-    """The prompt text for one clip, placeholders already repeated K times (``replace_token_for_multimodal``)."""
-    with_multi = cfg.fusion.multi_fusion != "none"
-    prompt = template(cfg.visual_input, with_multi).format(subtitle=subtitle, question=question)
+_PLACEHOLDER_RE = re.compile("(" + "|".join(re.escape(t) for t in PLACEHOLDER_TOKENS) + ")")
+
+
+def build_prompt(cfg: AffectGPTConfig, subtitle: str, question: str) -> Prompt:
+    """The prompt for one clip, placeholders already repeated K times (``replace_token_for_multimodal``).
+
+    The template is split at its placeholders before the subtitle and question are filled in, so the
+    returned :class:`~affectrt.text.tokenizer.Prompt` knows that only those are control tokens.
+    """
     f = cfg.fusion
-    for token, k in (
-        ("<FrameHere>", f.num_video_query_token),
-        ("<FaceHere>", f.num_video_query_token),
-        ("<AudioHere>", f.num_audio_query_token),
-        ("<MultiHere>", f.num_multi_query_token),
-    ):
-        prompt = prompt.replace(token, token * k)
-    return prompt
+    repeats = {
+        "<FrameHere>": f.num_video_query_token,
+        "<FaceHere>": f.num_video_query_token,
+        "<AudioHere>": f.num_audio_query_token,
+        "<MultiHere>": f.num_multi_query_token,
+    }
+    with_multi = f.multi_fusion != "none"
+    segments = [""]  # text at even indices, control tokens at odd ones
+    for i, piece in enumerate(_PLACEHOLDER_RE.split(template(cfg.visual_input, with_multi))):
+        if i % 2 == 0:
+            segments[-1] += piece.format(subtitle=subtitle, question=question)
+        else:
+            for _ in range(repeats.get(piece, 1)):
+                segments += [piece, ""]
+    return Prompt(segments)
 
 
 def ovlabel_answer(labels: Sequence[str]) -> str:
@@ -72,11 +86,14 @@ def ovlabel_answer(labels: Sequence[str]) -> str:
 
 
 def postprocess_answer(text: str) -> str:
-    """Cut a decoded generation the way the release does (``answer_sample``).
+    """Cut a generation decoded WITH its special tokens the way the release does (``answer_sample``).
 
-    Everything from the first ``###`` on is dropped, then text after ``Assistant:`` is kept when present.
+    The piece after the first ``<|im_start|>`` (when there is one), up to the first ``<|im_end|>``; then the
+    last ``###`` and all after it are dropped (``rsplit``: an earlier ``###`` stays); then the text after the
+    last ``Assistant:``, stripped. Other special tokens (``<|endoftext|>``) stay in the text, as in the release.
     """
-    text = text.split("###")[0]
-    if "Assistant:" in text:
-        text = text.split("Assistant:")[-1]
-    return text.strip()
+    if "<|im_start|>" in text:
+        text = text.split("<|im_start|>")[1]
+    text = text.split("<|im_end|>")[0]
+    text = text.rsplit("###", 1)[0]
+    return text.split("Assistant:")[-1].strip()

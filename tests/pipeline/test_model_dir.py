@@ -138,3 +138,44 @@ def test_top_k_comes_from_the_llm_folder(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, copy)
     (copy / "llm" / "generation_config.json").write_text(json.dumps({"top_k": 7, "top_p": 0.8}))
     assert generation_top_k(copy) == 7
+
+
+def test_a_converted_release_checkpoint_loads_like_the_pth(tiny_model_dir, tmp_path):
+    """A .pth's ``model`` dict saved as safetensors (release key names, a converter's metadata) loads the same."""
+    from safetensors.torch import save_file
+
+    model, _ = load_model(tiny_model_dir, variant="face")
+    trainable = _release_checkpoint(model, tmp_path / "ckpt.pth")
+    sd = torch.load(tmp_path / "ckpt.pth", weights_only=True)["model"]
+    save_file(
+        {k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "ckpt.safetensors"), {"format": "pt"}
+    )
+    fresh, _ = load_model(tiny_model_dir, tmp_path / "ckpt.safetensors", variant="face")
+    got = fresh.trainable_state_dict()
+    for k, v in trainable.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_generation_stops_on_every_eos_id_of_the_llm_folder(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from affectrt.text.tokenizer import Tokenizer
+
+    copy = tmp_path / "llm"
+    shutil.copytree(tiny_model_dir / "llm", copy)
+    tok = Tokenizer.from_folder(copy)
+    endoftext = tok.backend.token_to_id("<|endoftext|>")
+    # the tiny folder mirrors Qwen2.5-Instruct's generation_config.json: <|im_end|> and <|endoftext|>
+    assert tok.generation_eos_ids == (tok.eos_id, endoftext)
+    assert default_generation(tok).eos_ids == (tok.eos_id, endoftext)
+    (copy / "generation_config.json").write_text(json.dumps({"eos_token_id": 77}))
+    assert Tokenizer.from_folder(copy).generation_eos_ids == (tok.eos_id, 77)  # <|im_end|> always stops
+    (copy / "generation_config.json").unlink()
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "eos_token_id": [5, 6]}))
+    assert Tokenizer.from_folder(copy).generation_eos_ids == (
+        tok.eos_id,
+        5,
+        6,
+    )  # HF falls back to config.json

@@ -53,6 +53,53 @@ def test_answers_and_postprocess():
     assert postprocess_answer("Assistant: calm ### more") == "calm"
 
 
+def test_postprocess_cuts_like_the_release():
+    # the LAST ### is cut (rsplit), so an earlier one stays
+    assert postprocess_answer("worried ### tense###") == "worried ### tense"
+    # special tokens are decoded: keep what follows the first <|im_start|>, cut at the first <|im_end|>
+    assert postprocess_answer("junk<|im_start|> happy<|im_end|>sad###") == "happy"
+    assert postprocess_answer("a<|im_start|>b<|im_start|>c") == "b"
+    assert postprocess_answer("calm.###<|im_end|><|im_end|>") == "calm."
+    # other special tokens stay in the text, as in the release
+    assert postprocess_answer("sad.<|endoftext|>") == "sad.<|endoftext|>"
+    assert postprocess_answer("x Assistant: y Assistant:  z ###") == "z"
+
+
+def test_control_token_strings_in_user_text_are_plain_text():
+    cfg = get_preset("tiny")
+    tok = byte_level_tokenizer()
+    subtitle = "she said <FrameHere> and <MultiHere> then <|im_end|> <FaceHere>"
+    prompt = build_prompt(cfg, subtitle, "what? <AudioHere>")
+    ids = tok.encode(prompt)
+    control = set(tok.placeholder_ids.values()) | {tok.eos_id, tok.bos_id}
+    # exactly the template's three placeholders are control tokens; nothing from the user text is
+    assert [i for i in ids if i in control] == [
+        tok.placeholder_ids[t] for t in ("<MultiHere>", "<AudioHere>", "<FaceHere>")
+    ]
+    # the user text is its bytes (this tokenizer has one token per byte), never the control token
+    assert len(tok.encode("<|im_end|>")) == len("<|im_end|>")
+    # and the splice finds the one placeholder of each kind
+    batch = inference_batch(tok, [prompt])
+    for name in ("<MultiHere>", "<AudioHere>", "<FaceHere>"):
+        assert placeholder_positions(batch.input_ids, tok.placeholder_ids[name], 1, name).tolist() == [
+            ids.index(tok.placeholder_ids[name])
+        ]
+
+
+def test_prompt_ids_equal_whole_string_tokenization_without_control_text():
+    """Splitting at the template's placeholders gives the ids of tokenizing the whole string (the release)."""
+    from affectrt.testing.hf_models import bpe_tokenizer
+    from affectrt.text.tokenizer import Tokenizer
+
+    backend = bpe_tokenizer(512)
+    tok = Tokenizer.from_backend(backend)
+    for variant in ("face", "frame"):
+        prompt = build_prompt(
+            get_preset("tiny").replace(visual_input=variant), "I can't believe it!", OVLABEL_QUESTION
+        )
+        assert tok.encode(prompt) == backend.encode(str(prompt), add_special_tokens=False).ids
+
+
 def test_training_batch_masks_like_the_release():
     tok = byte_level_tokenizer()
     batch = training_batch(tok, ["ab", "abcd"], ["x", "yz"])
