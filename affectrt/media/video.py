@@ -291,36 +291,40 @@ def _read(path, pick, size: int) -> np.ndarray:
     container, stream = open_video(path)
     with container:
         index = _index(container, stream, path)
-        n = len(index.pts)
-        indices = pick(n)
-        bad = [i for i in indices if not -n <= i < n]
-        if bad:
-            raise MediaError(
-                path, f"frame indices {bad} out of range for {n} frames", "sample within the clip"
-            )
-        ranks = [i % n for i in indices]
-        wanted = sorted(set(ranks))
-        try:
-            frames = None
-            if index.by_pts and stream.codec_context.name in _SKIP_NONREF_CODECS:
-                frames = _decode_ranks_skipping(container, stream, index, wanted)
-            if frames is None:
+        codec = stream.codec_context.name
+    n = len(index.pts)
+    indices = pick(n)
+    bad = [i for i in indices if not -n <= i < n]
+    if bad:
+        raise MediaError(path, f"frame indices {bad} out of range for {n} frames", "sample within the clip")
+    ranks = [i % n for i in indices]
+    wanted = sorted(set(ranks))
+    attempts = [lambda c, s: _decode_ranks(c, s, index, wanted, allow_seek=True)]
+    attempts.append(lambda c, s: _decode_ranks(c, s, index, wanted, allow_seek=False))
+    if index.by_pts and codec in _SKIP_NONREF_CODECS:
+        attempts.insert(0, lambda c, s: _decode_ranks_skipping(c, s, index, wanted))
+    try:
+        for k, attempt in enumerate(attempts):
+            # Every attempt opens the file afresh: seeking a demuxer back to the start after a full pass fails
+            # on some webm files ("Operation not permitted") that a fresh open decodes fine.
+            container, stream = open_video(path)
+            with container:
                 try:
-                    container.seek(0)  # the index pass (or the skipping path) moved the demuxer
-                    frames = _decode_ranks(container, stream, index, wanted, allow_seek=True)
+                    frames = attempt(container, stream)
                 except _SeekMiss:
-                    container.seek(0)
-                    frames = _decode_ranks(container, stream, index, wanted, allow_seek=False)
-        except _SeekMiss as e:
-            raise MediaError(
-                path, "no frame could be decoded", "the video stream is corrupt; re-encode it"
-            ) from e
-        except av.FFmpegError as e:
-            raise MediaError(
-                path, f"decoding failed ({e})", "the video stream is corrupt; re-encode it"
-            ) from e
-        rgb = {r: _to_rgb(f, size) for r, f in frames.items()}
-    return np.stack([rgb[r] for r in ranks])
+                    if k == len(attempts) - 1:
+                        raise
+                    continue
+                if frames is not None:
+                    rgb = {r: _to_rgb(f, size) for r, f in frames.items()}
+                    return np.stack([rgb[r] for r in ranks])
+        raise _SeekMiss  # unreachable: the last attempt returns frames or raises
+    except _SeekMiss as e:
+        raise MediaError(
+            path, "no frame could be decoded", "the video stream is corrupt; re-encode it"
+        ) from e
+    except av.FFmpegError as e:
+        raise MediaError(path, f"decoding failed ({e})", "the video stream is corrupt; re-encode it") from e
 
 
 def read_frames_at(path: str | os.PathLike, indices: list[int], size: int = 224) -> np.ndarray:

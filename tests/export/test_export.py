@@ -145,13 +145,20 @@ def test_replaced_or_unlabelled_file_refused(model, onnx_dir, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_fusion_export(model, tmp_path, dtype):
+    if dtype == "bfloat16":  # ORT CPU has no bf16 kernels: the sidecar must say it was NOT checked
+        with pytest.warns(UserWarning, match="not checked against PyTorch"):
+            path = export_piece(model, "fusion", tmp_path, dtype=dtype)
+        check = read_sidecar(path)["check"]
+        assert check == {
+            "checker": "ok",
+            "checked": False,
+            "reason": "ONNX Runtime CPU has no bfloat16 kernels",
+        }
+        return
     path = export_piece(model, "fusion", tmp_path, dtype=dtype)
     meta = read_sidecar(path)
     assert meta["dtype"] == dtype and all(t["dtype"] == dtype for t in meta["inputs"] + meta["outputs"])
-    assert meta["check"]["checker"] == "ok" and meta["check"]["passed"]
-    if dtype == "bfloat16":
-        assert "bfloat16" in meta["check"]["skipped"]  # ORT CPU has no bf16 kernels
-        return
+    assert meta["check"]["checker"] == "ok" and meta["check"]["checked"] and meta["check"]["passed"]
     assert max(meta["check"]["batches"].values()) <= TOLERANCE[dtype]
     backend = load_encoders("onnx", tmp_path, model, "cpu", pieces=("fusion",))
     z_v, z_a = example_inputs(model.cfg, "fusion", 2)
@@ -159,6 +166,21 @@ def test_low_precision_fusion_export(model, tmp_path, dtype):
         feats, ref = backend.fuse(z_v, z_a), model.multimodal_embeddings(z_v, z_a)
     for key in ref:
         assert feats[key].dtype == torch.float16 and rel_err(feats[key], ref[key]) < TOLERANCE[dtype]
+
+
+def test_a_file_ort_cannot_load_is_recorded_as_unchecked(model, tmp_path, monkeypatch):
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    import affectrt.export.onnx_export as onnx_export
+
+    def refuse(path):
+        raise Fail("no kernel for this op")
+
+    monkeypatch.setattr(onnx_export, "_ort_session", refuse)
+    with pytest.warns(UserWarning, match="not checked against PyTorch"):
+        path = export_piece(model, "fusion", tmp_path)
+    check = read_sidecar(path)["check"]
+    assert check["checked"] is False and "passed" not in check and "no kernel for this op" in check["reason"]
 
 
 def test_qformer_fusion_exports(tmp_path):

@@ -230,3 +230,51 @@ def test_skipping_path_declines_what_it_cannot_check(media, bclips):
     with container:  # the last target's pts never comes out of the decoder: None, so the plain path decodes
         assert video._decode_ranks_skipping(container, stream, missing, [0, len(index.pts) - 1]) is None
         assert stream.codec_context.skip_frame == "DEFAULT"
+
+
+class _NoRewind:
+    """A container whose demuxer refuses to seek, as some webm files refuse ``seek(0)`` after a full pass."""
+
+    def __init__(self, container):
+        self._c = container
+
+    def seek(self, *args, **kwargs):
+        import errno
+
+        import av
+
+        raise av.error.PermissionError(errno.EPERM, "Operation not permitted")
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._c.__exit__(*exc)
+
+
+@pytest.mark.parametrize("name", ["vp9", "h264", "gop"])
+def test_decoding_never_rewinds_the_index_pass(media, monkeypatch, name):
+    """The index pass's container is never sought back: the frames come from a fresh open."""
+    real, opened = video.open_video, []
+
+    def open_once_unseekable(path):
+        container, stream = real(path)
+        opened.append(path)
+        return (_NoRewind(container) if len(opened) == 1 else container), stream
+
+    monkeypatch.setattr(video, "open_video", open_once_unseekable)
+    path = str(media[name])
+    vr = decord.VideoReader(path, height=224, width=224)
+    np.testing.assert_array_equal(video.read_frames(path), vr.get_batch(sample_indices(len(vr))).asnumpy())
+
+
+def test_a_partly_downloaded_webm_reads_like_decord(media, tmp_path):
+    data = media["vp9"].read_bytes()
+    cut = tmp_path / "half.webm"
+    cut.write_bytes(data[: len(data) // 2])
+    vr = decord.VideoReader(str(cut), height=224, width=224)
+    assert video.count_frames(cut) == len(vr)
+    np.testing.assert_array_equal(video.read_frames(cut), vr.get_batch(sample_indices(len(vr))).asnumpy())
