@@ -114,11 +114,20 @@ def trainable_tensors(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    fix = "pass the release's .pth, its tensors as .safetensors, or an affectrt .safetensors checkpoint"
     if path.suffix == ".safetensors":
-        tensors, meta = _read_safetensors(path)
+        try:
+            tensors, meta = _read_safetensors(path)
+        except Exception as e:  # safetensors raises its own error types for a damaged or foreign file
+            raise WeightsError(f"{path}: not a readable safetensors file ({type(e).__name__}); {fix}") from e
         # A converted .pth holds the release's names, whatever metadata the converter wrote.
         return tensors if meta.get("format") == "affectrt" else release_to_affectrt(tensors)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        # torch's own message may advise weights_only=False, which would run arbitrary code from the file:
+        # never relay it.
+        raise WeightsError(f"{path}: not a PyTorch checkpoint torch.load can read safely; {fix}") from e
     sd = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
     if not isinstance(sd, dict):
         raise WeightsError(f"{path}: not an AffectGPT checkpoint (expected a dict of tensors under 'model')")

@@ -1,13 +1,19 @@
-"""The ``affectrt`` command: ``info`` and ``infer`` (thin: it parses, then calls the library)."""
+"""The ``affectrt`` command (thin: it parses, checks inputs, then calls the library).
+
+A user mistake prints one line ``affectrt: <input>: <what is wrong>; <what to do>`` on stderr and exits 2;
+``--debug`` (or ``AFFECTRT_DEBUG=1``) adds the traceback. Ctrl-C exits 130. Results go to stdout, notices
+and progress bars to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
+import traceback
 from importlib import metadata, util
-from pathlib import Path
 
 _CORE = ("torch", "numpy", "safetensors", "tokenizers", "av", "tqdm")
 _OPTIONAL = {
@@ -66,7 +72,7 @@ def _group_by_op(rows: list[dict]) -> list[dict]:
     return [{"op": op, "backends": backends} for op, backends in ops.items()]
 
 
-def _print_info(data: dict) -> None:
+def _print_info(data: dict, verbose: bool = False) -> None:
     print(f"affectrt {data['affectrt']}  (python {data['python']}, {data['platform']})")
     print("core:     " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in data["core"].items()))
     print("optional: " + ", ".join(f"{k} {v or '-'}" for k, v in data["optional"].items()))
@@ -85,7 +91,7 @@ def _print_info(data: dict) -> None:
             print(
                 f"  nvcc {cuda['nvcc_version']}, archs sm_{', sm_'.join(cuda.get('archs', []))}, cudart from {cuda.get('cudart_from')}"
             )
-            for k in cuda.get("kernels", []):
+            for k in cuda.get("kernels", []) if verbose else []:
                 print(
                     f"    {k['kernel']:<26} {k['arch']}: {k['registers']} registers, "
                     f"spills {k['spill_stores']}/{k['spill_loads']} bytes (store/load)"
@@ -100,227 +106,107 @@ def _print_info(data: dict) -> None:
             )
 
 
-def _build_random_model(variant: str, preset: str, seed: int):
-    import torch
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error style (usage stays behind ``--help``)."""
 
-    from affectrt.config import get_preset
-    from affectrt.models.affectgpt import AffectGPT
-    from affectrt.text.tokenizer import byte_level_tokenizer
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
-    torch.manual_seed(seed)
-    cfg = get_preset(preset).replace(visual_input=variant)
-    return AffectGPT(cfg).eval(), byte_level_tokenizer()
-
-
-def _model_and_tokenizer(args: argparse.Namespace, variant: str):
-    import torch
-
-    from affectrt.checkpoint import load_model
-
-    if args.model_dir is None:
-        print(
-            f"affectrt: no --model-dir given: running the '{args.preset}' preset on RANDOM weights "
-            "(the answer is noise; this checks the path end to end)",
-            file=sys.stderr,
-        )
-        model, tokenizer = _build_random_model(variant, args.preset, args.seed)
-    else:
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-        model, tokenizer = load_model(args.model_dir, args.checkpoint, variant=variant, llm_dtype=dtype)
-        if args.checkpoint is None:
-            print("affectrt: no --checkpoint: fusion head and LoRA are untrained", file=sys.stderr)
-    if args.merge_lora:
-        from affectrt.models.lora import merge_lora
-
-        merge_lora(model.llm)
-    return model, tokenizer
+    def error(self, message: str) -> None:  # noqa: D401 - argparse's hook
+        print(f"affectrt: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
 
 
-def _pipeline(args: argparse.Namespace, variant: str):
-    """(pipeline, None), or (None, exit code) after a clear message."""
-    from affectrt.pipeline import AffectGPTPipeline
-
-    model, tokenizer = _model_and_tokenizer(args, variant)
-    encoders = None
-    if args.encoders != "torch":
-        from affectrt.export.runners import load_encoders
-        from affectrt.export.sidecar import StaleArtifactError
-
-        if args.artifacts is None:
-            print(
-                f"affectrt: --encoders {args.encoders} needs --artifacts DIR (from `affectrt export`)",
-                file=sys.stderr,
-            )
-            return None, 2
-        try:
-            encoders = load_encoders(args.encoders, args.artifacts, model, args.device)
-        except (StaleArtifactError, FileNotFoundError, ValueError, RuntimeError) as err:
-            print(f"affectrt: {err}", file=sys.stderr)
-            return None, 2
-    return AffectGPTPipeline(model, tokenizer, device=args.device, encoders=encoders), None
-
-
-def _generation(args: argparse.Namespace, pipe):
-    from affectrt.checkpoint import generation_top_k
-    from affectrt.pipeline import default_generation
-
-    top_k = generation_top_k(args.model_dir) if args.model_dir else 20
-    return default_generation(
-        pipe.tokenizer, args.max_new_tokens, greedy=not args.sample, seed=args.seed, top_k=top_k
-    )
-
-
-def infer(args: argparse.Namespace) -> int:
-    from affectrt.media.errors import MediaError
-    from affectrt.pipeline import ClipInput
-
-    variant = args.variant or ("face" if args.face_npy else "frame")
-    pipe, code = _pipeline(args, variant)
-    if pipe is None:
-        return code
-    gen = _generation(args, pipe)
-    clip = ClipInput(video=args.video, subtitle=args.subtitle, face_npy=args.face_npy, audio=args.audio)
-    try:
-        (answer,) = pipe.answer([clip], question=args.question, gen=gen)
-    except (MediaError, FileNotFoundError) as err:
-        print(f"affectrt: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"video": str(args.video), "question": args.question, "answer": answer}))
-    else:
-        print(answer)
-    return 0
-
-
-def batch(args: argparse.Namespace) -> int:
-    """Answer every clip of a CSV list, writing JSON lines as it goes (a rerun resumes)."""
-    import csv
-
-    from affectrt.pipeline import ClipInput, run_batch_job
-
-    with open(args.clips, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "name" not in rows[0]:
-        print(
-            f"affectrt: {args.clips}: expected a CSV with a header: name,video,face_npy,audio,subtitle",
-            file=sys.stderr,
-        )
-        return 2
-    base = Path(args.clips).parent
-
-    def path(value: str | None) -> Path | None:
-        return (base / value) if value else None
-
-    clips = [
-        ClipInput(
-            video=path(r.get("video")),
-            subtitle=r.get("subtitle") or "",
-            face_npy=path(r.get("face_npy")),
-            audio=path(r.get("audio")),
-            name=r["name"],
-        )
-        for r in rows
-    ]
-    variant = args.variant or ("face" if any(c.face_npy for c in clips) else "frame")
-    pipe, code = _pipeline(args, variant)
-    if pipe is None:
-        return code
-    gen = _generation(args, pipe)
-    results = run_batch_job(
-        pipe, clips, args.out, question=args.question, gen=gen, batch_size=args.batch_size
-    )
-    failed = sum(r.error is not None for r in results.values())
-    print(
-        f"affectrt: {len(results) - failed} answered, {failed} failed; results in {args.out}", file=sys.stderr
-    )
-    return 0
-
-
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-dir", default=None, help="folder with vision/, audio/, llm/ HF model folders")
-    p.add_argument("--checkpoint", default=None, help="AffectGPT .pth (release) or affectrt .safetensors")
-    p.add_argument(
-        "--variant", choices=("face", "frame"), default=None, help="default: face if faces are given"
-    )
-    p.add_argument("--preset", default="tiny", help="preset for random weights without --model-dir")
-    p.add_argument(
-        "--question",
-        default="ovlabel",
-        help="'ovlabel' (label question), 'description' (reasoning question) or any question text",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument(
-        "--sample", action="store_true", help="sample (T=1, top-p 0.9, top-k 20) instead of greedy"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default="float32",
-        help="LLM base-weight dtype (the release: float16 on a GPU); adapters stay float32",
-    )
-    p.add_argument(
-        "--encoders",
-        choices=("torch", "onnx", "trt"),
-        default="torch",
-        help="serve the encoders and fusion head with PyTorch, ONNX Runtime or TensorRT (see `affectrt export`)",
-    )
-    p.add_argument("--artifacts", default=None, help="folder written by `affectrt export` (with --encoders)")
-    p.add_argument(
-        "--merge-lora",
-        action="store_true",
-        help="fold LoRA into the base weights (faster; the release keeps it unmerged in fp32, so numerics differ slightly)",
-    )
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option's help; descriptions keep their line breaks."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="affectrt", description="Fast runtime for AffectGPT emotion models")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from affectrt import __version__
+    from affectrt.cli_serve import add_batch_parser, add_infer_parser
+
+    parser = _Parser(prog="affectrt", description="Fast runtime for AffectGPT emotion models")
+    parser.add_argument("--version", action="version", version=f"affectrt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also AFFECTRT_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p_info = sub.add_parser("info", help="versions, devices, extensions, op backends, build metadata")
     p_info.add_argument("--json", action="store_true", help="print JSON")
-
-    p_inf = sub.add_parser("infer", help="describe the emotional state of the person in one clip")
-    p_inf.add_argument("video", help="video file (frames and, unless --audio is given, the audio track)")
-    p_inf.add_argument("--subtitle", default="", help="the clip's subtitle text")
-    p_inf.add_argument("--face-npy", default=None, help="OpenFace faces [N,112,112,3] uint8 BGR (face model)")
-    p_inf.add_argument("--audio", default=None, help="separate .wav (default: the video's audio track)")
-    _model_args(p_inf)
-    p_inf.add_argument("--json", action="store_true", help="print a JSON line")
-
-    p_batch = sub.add_parser("batch", help="answer a list of clips (CSV), writing JSON lines as it goes")
-    p_batch.add_argument(
-        "clips", help="CSV with columns name,video,face_npy,audio,subtitle (paths relative to it)"
+    p_info.add_argument(
+        "--verbose", action="store_true", help="also the ptxas register report per CUDA kernel"
     )
-    p_batch.add_argument("--out", required=True, help="JSON-lines results; clips already in it are skipped")
-    p_batch.add_argument("--batch-size", type=int, default=8)
-    _model_args(p_batch)
+    add_infer_parser(sub)
+    add_batch_parser(sub)
 
     from affectrt.export.cli import add_export_parser
 
     add_export_parser(sub)
+    from affectrt.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "info":
         data = info()
         if args.json:
             print(json.dumps(data, indent=2, default=str))
         else:
-            _print_info(data)
+            _print_info(data, verbose=args.verbose)
         return 0
-    if args.command == "infer":
-        return infer(args)
-    if args.command == "batch":
-        return batch(args)
+    if args.command in ("infer", "batch"):
+        from affectrt import cli_serve
+
+        return cli_serve.infer(args) if args.command == "infer" else cli_serve.batch(args)
     if args.command == "export":
         from affectrt.export.cli import run_export
 
         return run_export(args)
+    if args.command == "eval":
+        from affectrt.eval.cli import run_eval
+
+        return run_eval(args)
     return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a user mistake (a bad input), printed without a traceback."""
+    from affectrt.errors import UsageError
+    from affectrt.media.errors import MediaError
+    from affectrt.models.hf_io import WeightsError
+
+    errors: list[type[BaseException]] = [
+        UsageError,
+        MediaError,
+        WeightsError,
+        FileNotFoundError,
+        NotADirectoryError,
+    ]
+    try:
+        from affectrt.export.sidecar import StaleArtifactError
+
+        errors.append(StaleArtifactError)
+    except ImportError:  # pragma: no cover - export ships with the package
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("AFFECTRT_DEBUG", "") not in ("", "0")
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("affectrt: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as err:
+        if debug:
+            traceback.print_exc()
+        print(f"affectrt: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -225,23 +225,52 @@ class AffectGPTPipeline:
         clips: Sequence[ClipInput],
         question: str = "ovlabel",
         gen: GenerationConfig | None = None,
-    ) -> list[str]:
-        """The model's answer for each clip (``question``: "ovlabel", "description" or any text)."""
+    ) -> list[ClipResult]:
+        """Each clip's answer as a :class:`ClipResult` (``question``: "ovlabel", "description" or any text).
+
+        A clip whose media cannot be read gets its error in ``.error``; the others are answered in one batch.
+        """
+        from affectrt.media.errors import MediaError
+
         gen = gen or default_generation(self.tokenizer)
-        media = [self.load_media(c) for c in clips]
-        batch = self.preprocess(media, [c.subtitle for c in clips])
-        z_v, z_a = self.encode(batch)
-        embeds, mask = self.fused_prompt_embeds(z_v, z_a, batch.subtitles, question)
-        return self.generate(embeds, mask, gen)
+        results = [ClipResult(c.name or _with_name(c).name) for c in clips]
+        media, ok = [], []
+        for i, clip in enumerate(clips):
+            try:
+                media.append(self.load_media(clip))
+                ok.append(i)
+            except MediaError as e:
+                results[i].error = str(e)
+        if ok:
+            batch = self.preprocess(media, [clips[i].subtitle for i in ok])
+            z_v, z_a = self.encode(batch)
+            embeds, mask = self.fused_prompt_embeds(z_v, z_a, batch.subtitles, question)
+            for i, text in zip(ok, self.generate(embeds, mask, gen), strict=True):
+                results[i].answer = text
+        return results
 
 
 @dataclass
 class ClipResult:
-    """One clip's outcome in a batch job: the answer, or the reason it failed."""
+    """One clip's outcome: the answer, or the reason it failed."""
 
     name: str
     answer: str | None = None
     error: str | None = None
+
+
+def read_results(path: str | Path) -> dict[str, dict]:
+    """The records of a batch job's JSON-lines output by clip name (the last line of a name wins)."""
+    import json
+
+    records: dict[str, dict] = {}
+    path = Path(path)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                records[rec["name"]] = rec
+    return records
 
 
 def run_batch_job(
@@ -253,15 +282,24 @@ def run_batch_job(
     batch_size: int = 8,
     media_backend: str = "auto",
     progress: bool = True,
+    retry_failed: bool = False,
+    record: dict | None = None,
 ) -> dict[str, ClipResult]:
     """Answer every clip, appending one JSON line per clip to ``out_path`` as soon as its batch is done.
 
     Clips already present in ``out_path`` (by name) are skipped, so a rerun resumes where an interrupted run
-    stopped; a clip whose media cannot be read is recorded with its error and the job goes on. Clip names must
-    be unique (default: the video or face file name without extension).
+    stopped; with ``retry_failed`` the clips recorded with an error run again (their new line supersedes the
+    old one). A clip whose media cannot be read is recorded with its error and the job goes on. Clip names must
+    be unique (default: the video or face file name without extension). Each line holds ``name``, ``answer``,
+    ``error``, ``question``, ``variant``, ``seconds`` (the batch's wall time per clip) and ``record``'s fields
+    (the CLI adds model and checkpoint hashes). The output is locked while the job writes it: a second job on
+    the same file fails at once instead of interleaving lines.
     """
+    import fcntl
     import json
+    import time
 
+    from affectrt.errors import UsageError
     from affectrt.media.loader import MediaLoader
 
     out_path = Path(out_path)
@@ -269,30 +307,40 @@ def run_batch_job(
     names = [c.name for c in named]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"clip names must be unique for a resumable job; repeated: {dup[:5]}")
-    done: dict[str, ClipResult] = {}
-    if out_path.is_file():
-        for line in out_path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["name"]] = ClipResult(rec["name"], rec.get("answer"), rec.get("error"))
-    todo = [c for c in named if c.name not in done]
-    gen = gen or default_generation(pipe.tokenizer)
-    loader = MediaLoader(
-        todo,
-        visual=pipe.cfg.visual_input,
-        batch_size=batch_size,
-        device=pipe.device,
-        media=pipe.cfg.media,
-        backend=media_backend,
-    )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="clips", unit="clip")
+        raise UsageError(
+            "clips", f"clip names must be unique for a resumable job; repeated: {dup[:5]}", "rename them"
+        )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("a") as sink:
+        try:
+            fcntl.flock(sink, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                out_path, "another job is writing this file", "wait for it, or pick another --out"
+            ) from None
+        done = {
+            name: ClipResult(name, rec.get("answer"), rec.get("error"))
+            for name, rec in read_results(out_path).items()
+        }
+        if retry_failed:
+            done = {n: r for n, r in done.items() if r.error is None}
+        todo = [c for c in named if c.name not in done]
+        gen = gen or default_generation(pipe.tokenizer)
+        loader = MediaLoader(
+            todo,
+            visual=pipe.cfg.visual_input,
+            batch_size=batch_size,
+            device=pipe.device,
+            media=pipe.cfg.media,
+            backend=media_backend,
+        )
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="clips", unit="clip")
+        extra = {"question": question, "variant": pipe.cfg.visual_input, **(record or {})}
+        started = time.perf_counter()
         for mb in loader:
             results = [ClipResult(todo[f.index].name, error=f.reason) for f in mb.failures]
             if len(mb):
@@ -303,14 +351,18 @@ def run_batch_job(
                 results += [
                     ClipResult(todo[i].name, answer=t) for i, t in zip(mb.indices, texts, strict=True)
                 ]
+            now = time.perf_counter()
+            seconds = round((now - started) / max(len(results), 1), 4)
+            started = now
             for r in results:
-                sink.write(json.dumps({"name": r.name, "answer": r.answer, "error": r.error}) + "\n")
+                line = {"name": r.name, "answer": r.answer, "error": r.error, **extra, "seconds": seconds}
+                sink.write(json.dumps(line) + "\n")
                 done[r.name] = r
             sink.flush()
             if bar is not None:
                 bar.update(len(results))
-    if bar is not None:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return done
 
 

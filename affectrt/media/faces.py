@@ -80,8 +80,11 @@ def pick_faces(npy_path: str | os.PathLike, n_frames: int = 8) -> np.ndarray:
             npy_path, "face file not found", "run OpenFace feature extraction for this clip"
         ) from e
     except (ValueError, OSError) as e:
+        # numpy's message about pickled data advises allow_pickle: never relay it for a face file
         raise MediaError(
-            npy_path, f"not a readable .npy array ({e})", "re-create it from the OpenFace crops"
+            npy_path,
+            "not a .npy array of faces (numpy cannot read it as one)",
+            "pass the OpenFace faces saved with numpy.save: uint8 [N, H, W, 3]",
         ) from e
     if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
         raise MediaError(

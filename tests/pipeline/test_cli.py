@@ -17,7 +17,8 @@ def test_infer_random_tiny_model(capsys, clip_path):
     assert main(["infer", str(clip_path), "--subtitle", "hi", "--max-new-tokens", "4", "--json"]) == 0
     captured = capsys.readouterr()
     assert "RANDOM weights" in captured.err
-    assert json.loads(captured.out)["question"] == "ovlabel"
+    line = json.loads(captured.out)
+    assert line["name"] == "clip" and isinstance(line["answer"], str) and line["error"] is None
 
 
 def test_infer_face_model_with_model_dir(capsys, clip_path, face_npy, tiny_model_dir):
@@ -29,14 +30,47 @@ def test_infer_face_model_with_model_dir(capsys, clip_path, face_npy, tiny_model
 def test_infer_bad_media_is_a_clear_error(capsys, tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
-    assert main(["infer", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert "broken.mp4" in err
+    assert main(["infer", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("broken\terror: ") and "broken.mp4" in captured.out
+    assert "1 of 1 clip(s) failed" in captured.err
 
 
 def test_infer_silent_video_names_the_file(capsys, silent_clip_path):
-    assert main(["infer", str(silent_clip_path)]) == 2
-    assert "silent.mp4" in capsys.readouterr().err
+    assert main(["infer", str(silent_clip_path)]) == 1
+    assert "silent.mp4" in capsys.readouterr().out
+
+
+def test_infer_many_files_and_folders_in_one_batch(capsys, clip_path, silent_clip_path, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "b.mp4").write_bytes(clip_path.read_bytes())
+    (folder / "notes.txt").write_text("not a video")
+    out = tmp_path / "answers.jsonl"
+    argv = [
+        "infer",
+        str(folder),
+        str(clip_path),
+        str(silent_clip_path),
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 1  # the silent clip failed, the others are answered
+    lines = capsys.readouterr().out.splitlines()
+    assert [x.split("\t")[0] for x in lines] == ["b", "clip", "silent"]
+    assert "error: " in lines[2] and "error" not in lines[0]
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["name"] for r in records] == ["b", "clip", "silent"] and records[0]["answer"] == records[1][
+        "answer"
+    ]
+
+
+def test_printed_answers_escape_control_characters():
+    from affectrt.cli_serve import printable
+
+    assert printable("a\nb\x1b[31mc\t") == "a\\nb\\x1b[31mc\\t"
 
 
 def test_infer_with_onnx_encoders_matches_torch(capsys, clip_path, tmp_path):
@@ -44,7 +78,17 @@ def test_infer_with_onnx_encoders_matches_torch(capsys, clip_path, tmp_path):
 
     pytest.importorskip("onnxruntime", reason="ONNX Runtime (dev extra) is not installed")
     pytest.importorskip("onnxscript", reason="the torch.export-based ONNX exporter needs onnxscript")
-    base = ["infer", str(clip_path), "--subtitle", "hi", "--max-new-tokens", "5", "--json", "--seed", "3"]
+    base = [
+        "infer",
+        str(clip_path),
+        "--subtitle",
+        "hi",
+        "--max-new-tokens",
+        "5",
+        "--json",
+        "--init-seed",
+        "3",
+    ]
     assert main(base) == 0
     torch_answer = json.loads(capsys.readouterr().out)["answer"]
     out = tmp_path / "onnx"
@@ -53,7 +97,7 @@ def test_infer_with_onnx_encoders_matches_torch(capsys, clip_path, tmp_path):
     assert main([*base, "--encoders", "onnx", "--artifacts", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["answer"] == torch_answer
     # artifacts of other weights are refused with a clear message
-    assert main([*base[:-2], "--seed", "4", "--encoders", "onnx", "--artifacts", str(out)]) == 2
+    assert main([*base[:-2], "--init-seed", "4", "--encoders", "onnx", "--artifacts", str(out)]) == 2
     assert "weights" in capsys.readouterr().err
 
 
@@ -64,13 +108,17 @@ def test_batch_command_writes_results_and_resumes(capsys, clip_path, tmp_path):
     listing.write_text(f"name,video,subtitle\nok,{clip_path},hello\nbroken,bad.mp4,hi\n")
     out = tmp_path / "out.jsonl"
     argv = ["batch", str(listing), "--out", str(out), "--max-new-tokens", "3"]
-    assert main(argv) == 0
+    assert main(argv) == 1  # one clip failed
     records = {r["name"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert records["ok"]["error"] is None and isinstance(records["ok"]["answer"], str)
     assert "bad.mp4" in records["broken"]["error"]
     assert "1 answered, 1 failed" in capsys.readouterr().err
-    assert main(argv) == 0  # nothing left to do: the results file is not rewritten
+    assert records["ok"]["model"] == "random:tiny:0" and records["ok"]["variant"] == "frame"
+    assert main(argv) == 1  # nothing left to do: the results file is not rewritten
     assert len(out.read_text().splitlines()) == 2
+    bad.write_bytes(clip_path.read_bytes())  # the user fixes the file, then retries the failures
+    assert main([*argv, "--retry-failed"]) == 0
+    assert json.loads(out.read_text().splitlines()[-1])["error"] is None
 
 
 def test_infer_with_merged_lora(capsys, clip_path, face_npy, tiny_model_dir):

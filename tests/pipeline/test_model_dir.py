@@ -84,8 +84,8 @@ def test_whole_path_face_and_frame(tiny_model_dir, tmp_path, clip_path, face_npy
         other = ClipInput(
             video=clip_path, subtitle="a much longer subtitle than the first", face_npy=face_npy
         )
-        alone = pipe.answer([clip], gen=gen) + pipe.answer([other], gen=gen)
-        together = pipe.answer([clip, other], gen=gen)
+        alone = [r.answer for r in pipe.answer([clip], gen=gen) + pipe.answer([other], gen=gen)]
+        together = [r.answer for r in pipe.answer([clip, other], gen=gen)]
         assert all(isinstance(a, str) for a in alone)
         assert together == alone  # a left-padded batch answers like each clip alone
 

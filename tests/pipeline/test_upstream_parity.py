@@ -72,7 +72,9 @@ def both(request, tiny_model_dir, tmp_path_factory, clip_path, face_npy, wav_pat
     clip = ClipInput(video=clip_path, subtitle=SUBTITLE, face_npy=face_npy, audio=wav_path)
 
     _, up = _load_both(root, variant, ckpt, sd)
-    ids = upstream.answer(up, clip.video, clip.subtitle, clip.face_npy, clip.audio, max_new_tokens=NEW_TOKENS)[1]
+    ids = upstream.answer(
+        up, clip.video, clip.subtitle, clip.face_npy, clip.audio, max_new_tokens=NEW_TOKENS
+    )[1]
     extra = next((t for i, t in enumerate(ids) if i >= 4 and t not in ids[:i]), None)
     assert extra is not None, f"no fresh token after step 4 in {ids}"
     gen_path = root / "llm" / "generation_config.json"
@@ -116,7 +118,7 @@ def assert_parity(pipe, up, clip) -> list[int]:
     torch.testing.assert_close(fused, ref_embeds, rtol=1e-4, atol=1e-5)
 
     gen = default_generation(pipe.tokenizer, max_new_tokens=NEW_TOKENS)
-    ours = pipe.answer([clip], gen=gen)[0]
+    ours = pipe.answer([clip], gen=gen)[0].answer
     ref_text, ref_ids = upstream.answer(
         up, clip.video, clip.subtitle, clip.face_npy, clip.audio, max_new_tokens=NEW_TOKENS
     )
