@@ -108,6 +108,17 @@ def release_to_affectrt(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return ours
 
 
+def release_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The model's trainable tensors under the release's key names (inverse of :func:`release_to_affectrt`)."""
+    from affectrt.models.lora import lora_state_dict_to_release
+
+    trainable = model.trainable_state_dict()
+    sd = {k.removeprefix("fusion."): v.clone() for k, v in trainable.items() if k.startswith("fusion.")}
+    llm = {k.removeprefix("llm."): v.clone() for k, v in trainable.items() if k.startswith("llm.")}
+    sd.update(lora_state_dict_to_release(llm, prefix=RELEASE_LLM_PREFIX))
+    return sd
+
+
 def trainable_tensors(path: str | Path) -> dict[str, Tensor]:
     """The trainable tensors (affectrt names) of any checkpoint: a release ``.pth``, the same tensors
     converted to ``.safetensors`` (release key names), or an affectrt ``.safetensors``."""

@@ -138,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_infer_parser(sub)
     add_batch_parser(sub)
+    p_init = sub.add_parser(
+        "init-random",
+        help="write a model folder with RANDOM weights in the real formats (vision/, audio/, llm/, checkpoint)",
+        description="Write DIR/vision, DIR/audio, DIR/llm (Hugging Face folders: config.json, model.safetensors; "
+        "tokenizer.json and generation_config.json in llm/) and DIR/checkpoint.pth (release format), all random, "
+        "so that `affectrt infer --model-dir DIR --checkpoint DIR/checkpoint.pth` runs on a machine without "
+        "weights. Needs no transformers.",
+    )
+    p_init.add_argument("dir", help="a new or empty folder")
+    p_init.add_argument("--preset", choices=("tiny", "small"), default="tiny", help="model size")
+    p_init.add_argument("--init-seed", type=int, default=0, help="seed of the random weights")
 
     from affectrt.export.cli import add_export_parser
 
@@ -156,6 +167,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(data, indent=2, default=str))
         else:
             _print_info(data, verbose=args.verbose)
+        return 0
+    if args.command == "init-random":
+        from affectrt.init_random import write_random_model_dir
+
+        root = write_random_model_dir(args.dir, args.preset, args.init_seed)
+        print(root)
+        print(
+            f"affectrt: wrote a RANDOM '{args.preset}' model; try: affectrt infer CLIP.mp4 --model-dir {root} "
+            f"--checkpoint {root / 'checkpoint.pth'}",
+            file=sys.stderr,
+        )
         return 0
     if args.command in ("infer", "batch"):
         from affectrt import cli_serve

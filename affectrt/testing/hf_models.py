@@ -129,31 +129,10 @@ def write_hf_model_dir(cfg: AffectGPTConfig, root: str | Path, seed: int = 0, bp
         llm.save_pretrained(root / "llm")
         backend = bpe_tokenizer(q.vocab_size) if bpe else byte_level_tokenizer().backend
         backend.save(str(root / "llm" / "tokenizer.json"))
+        from affectrt.init_random import write_generation_config
+
         write_generation_config(root / "llm", backend)
     return root
-
-
-def write_generation_config(llm_dir: str | Path, backend, **overrides: object) -> None:
-    """``generation_config.json`` with Qwen2.5-7B-Instruct's settings, in this tokenizer's ids.
-
-    Qwen2.5-Instruct stops on ``<|im_end|>`` and ``<|endoftext|>`` and samples with top-k 20 (the release
-    overrides temperature, top-p and the repetition penalty, but not top-k).
-    """
-    import json
-
-    endoftext, im_end = backend.token_to_id("<|endoftext|>"), backend.token_to_id("<|im_end|>")
-    cfg = {
-        "bos_token_id": endoftext,
-        "do_sample": True,
-        "eos_token_id": [im_end, endoftext],
-        "pad_token_id": endoftext,
-        "repetition_penalty": 1.05,
-        "temperature": 0.7,
-        "top_k": 20,
-        "top_p": 0.8,
-    }
-    cfg.update(overrides)
-    (Path(llm_dir) / "generation_config.json").write_text(json.dumps(cfg, indent=2))
 
 
 def randomize_trainable(model: torch.nn.Module, seed: int = 7, scale: float = 0.05) -> None:
@@ -167,13 +146,9 @@ def randomize_trainable(model: torch.nn.Module, seed: int = 7, scale: float = 0.
 
 def release_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's trainable tensors under the release's checkpoint key names."""
-    from affectrt.models.lora import lora_state_dict_to_release
+    from affectrt.checkpoint import release_state_dict as to_release
 
-    trainable = model.trainable_state_dict()
-    sd = {k.removeprefix("fusion."): v.clone() for k, v in trainable.items() if k.startswith("fusion.")}
-    llm = {k.removeprefix("llm."): v.clone() for k, v in trainable.items() if k.startswith("llm.")}
-    sd.update(lora_state_dict_to_release(llm, prefix="llama_model."))
-    return sd
+    return to_release(model)
 
 
 def tiny_qwen2(vocab_size: int = 256, tie: bool = False, seed: int = 0):
