@@ -1,22 +1,25 @@
 """End-to-end latency of AffectGPT, stage by stage: affectrt against the upstream-style reference.
 
-    python benchmarks/latency.py                          # small preset, 1 clip, CPU or CUDA, both paths
-    python benchmarks/latency.py --throughput 32 --batch 8  # + clips/s over 32 clips (PERFORMANCE target 1)
+    python benchmarks/latency.py                            # small preset, 1 clip, CPU or CUDA, both paths
+    python benchmarks/latency.py --throughput 32 --batch 8  # + clips/s over 32 clips through the batch job
     python benchmarks/latency.py --no-baseline --device cuda
-    python benchmarks/latency.py --encoders onnx           # encoders + fusion from ONNX Runtime (and eager rows)
+    python benchmarks/latency.py --encoders onnx            # encoders + fusion from ONNX Runtime (+ eager rows)
 
-Both paths load the same Hugging Face folders (random weights of the preset's sizes, written once with
-``transformers`` under bench_results/models/) and the same release-format checkpoint, and run the same clip
-(made once with PyAV). The baseline (``affectrt.testing.upstream``) runs as the release does: batch 1,
-``transformers`` models, unmerged ``peft`` LoRA, frames through PIL and the CLIP processor, audio through the
-Wav2Vec2 feature extractor with host round trips, HF ``generate``.
+Both paths load the same Hugging Face folders (random weights of the preset's sizes, written once under
+bench_results/models/) and the same release-format checkpoint, and run the same clip (made once with PyAV).
+The reference runs as the release does: batch 1, transformers models, unmerged peft LoRA, frames through PIL
+and the CLIP processor, audio through the Wav2Vec2 feature extractor with host round trips, HF generate.
 
-Stages: decode (frames from the video + 8 audio windows from the clip's 16 kHz .wav, as the release's data
-has it), preprocess (CLIP / HuBERT input normalisation), encoders (CLIP + HuBERT), fusion (token compression +
-pre-fusion + prompt splice into inputs_embeds: affectrt's production call ``fused_prompt_embeds``), prefill
-(LLM over the prompt + first token), decode/token (each further token). Every run decodes exactly ``--new-tokens`` tokens (no stop
-strings) so both paths do the same work. Timings are medians with p20/p80 over ``--repeats`` runs, A and B
-interleaved in one process; the speed-up column is baseline / affectrt.
+Stages:
+  media decode      frames from the video + 8 audio windows from the clip's 16 kHz .wav
+  preprocess        CLIP / HuBERT input normalisation
+  encoders          CLIP + HuBERT
+  fusion+splice     token compression + pre-fusion + prompt splice into inputs_embeds
+  LLM prefill       the LLM over the prompt + the first token
+  LLM decode/token  each further token
+Every run decodes exactly --new-tokens tokens (no stop strings), so both paths do the same work. Times are
+medians with p20-p80 over --repeats runs, both paths interleaved repeat by repeat in one process; the
+speed-up column is reference / affectrt. Writes latency.json and latency.png (with matplotlib) to --out-dir.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ from affectrt.pipeline import AffectGPTPipeline, ClipInput  # noqa: E402
 
 SUBTITLE = "I really did not expect to see you here today, and honestly I am not sure how I feel about it."
 STAGES = ("decode", "preprocess", "encoders", "fusion", "prefill", "decode/token")
+# What the table calls them: "decode" alone reads as the LLM's token loop to a newcomer.
+LABELS = {
+    "decode": "media decode",
+    "preprocess": "preprocess",
+    "encoders": "encoders",
+    "fusion": "fusion+splice",
+    "prefill": "LLM prefill",
+    "decode/token": "LLM decode/token",
+}
+SPREAD_WARNING = 0.25  # (p80 - p20) / median above this: the machine was busy; the ratio is unreliable
 
 
 def prepare_models(preset: str, variant: str, device: torch.device, baseline: bool):
@@ -204,13 +217,18 @@ def throughput(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small")
-    ap.add_argument("--variant", choices=("frame", "face"), default="frame")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=type(
+            "Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}
+        ),
+    )
+    ap.add_argument("--preset", default="small", help="model size (random weights)")
+    ap.add_argument("--variant", choices=("frame", "face"), default="frame", help="frames or OpenFace faces")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ap.add_argument("--batch", type=int, default=1, help="clips per affectrt batch")
     ap.add_argument("--new-tokens", type=int, default=16, help="tokens decoded after the first")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per stage and path")
     ap.add_argument("--clip", type=Path, default=None, help="video to use (default: a generated 3 s clip)")
     ap.add_argument("--no-baseline", action="store_true", help="time affectrt only")
     ap.add_argument(
@@ -222,8 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--throughput", type=int, default=0, metavar="N", help="also measure clips/s over N clips"
     )
-    ap.add_argument("--json-out", type=Path, default=Path("bench_results/latency.json"))
+    ap.add_argument(
+        "--out-dir", type=Path, default=Path("bench_results"), help="latency.json and latency.png"
+    )
     args = ap.parse_args(argv)
+    quiet_third_party()
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -271,48 +292,112 @@ def main(argv: list[str] | None = None) -> dict:
             pipe, up, [clip] * args.throughput, args.batch, args.new_tokens, device
         )
 
+    print_table(result, args, up is not None)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "latency.json").write_text(json.dumps(result, indent=2))
+    chart = write_chart(result, args.out_dir / "latency.png", args.batch)
+    print(f"wrote {args.out_dir / 'latency.json'}" + (f" and {chart}" if chart else ""))
+    return result
+
+
+def quiet_third_party() -> None:
+    """No transformers progress bars or deprecation notices above the table (the reference loads its models)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def print_table(result: dict, args: argparse.Namespace, baseline: bool) -> None:
+    per = args.batch  # affectrt runs a batch; its per-clip cost is the batch's time over the batch size
     print(
-        f"AffectGPT latency, preset '{args.preset}' ({args.variant}), {result['device_name']} ({device}), "
+        f"AffectGPT latency, preset '{args.preset}' ({args.variant}), {result['device_name']} ({result['device']}), "
         f"batch {args.batch}, prompt {result['prompt_tokens']} tokens + {args.new_tokens} new, commit {result['commit']}"
     )
-    print(
-        f"{'stage':<14}{'affectrt ms':>13}{'(p20-p80)':>17}"
-        + (f"{'baseline ms':>14}{'speed-up':>10}" if up else "")
-    )
-    per = args.batch  # affectrt runs a batch; its per-clip cost is the batch's time over the batch size
+    head = f"{'stage':<18}{'affectrt ms':>12}{'p20-p80':>15}"
+    print(head + (f"{'reference ms':>14}{'p20-p80':>15}{'speed-up':>10}" if baseline else ""))
+    noisy = []
     for name in STAGES:
         a = result["affectrt"][name]
-        spread = f"({a['p20_ms'] / per:.1f}-{a['p80_ms'] / per:.1f})"
-        line = f"{name:<14}{a['median_ms'] / per:>13.2f}{spread:>17}"
-        if up is not None:
+        line = f"{LABELS[name]:<18}{a['median_ms'] / per:>12.2f}{_spread(a, per):>15}"
+        rows = [a]
+        if baseline:
             b = result["baseline"][name]
-            line += f"{b['median_ms']:>14.2f}{b['median_ms'] * per / max(a['median_ms'], 1e-9):>9.2f}x"
+            rows.append(b)
+            line += f"{b['median_ms']:>14.2f}{_spread(b, 1):>15}{b['median_ms'] * per / max(a['median_ms'], 1e-9):>9.2f}x"
         print(line)
+        if any((r["p80_ms"] - r["p20_ms"]) > SPREAD_WARNING * r["median_ms"] for r in rows):
+            noisy.append(LABELS[name])
     for name, a in result["affectrt_torch_encoders"].items():
-        spread = f"({a['p20_ms']:.1f}-{a['p80_ms']:.1f})"
-        line = f"{name:<14}{a['median_ms']:>13.2f}{spread:>17}"
+        line = f"{name:<18}{a['median_ms']:>12.2f}{_spread(a, 1):>15}"
         print(line + f"   (affectrt's own {name.split()[0]} in PyTorch; the rows above use {args.encoders})")
-    line = f"{'end to end':<14}{result['affectrt_end_to_end_ms'] / per:>13.2f}{'':>17}"
-    if up is not None:
+    line = f"{'end to end':<18}{result['affectrt_end_to_end_ms'] / per:>12.2f}{'':>15}"
+    if baseline:
         e2e = result["baseline_end_to_end_ms"]
-        line += f"{e2e:>14.2f}{e2e * per / result['affectrt_end_to_end_ms']:>9.2f}x"
+        line += f"{e2e:>14.2f}{'':>15}{e2e * per / result['affectrt_end_to_end_ms']:>9.2f}x"
     print(line)
     if args.batch > 1:
         print(
-            f"(ms per clip: affectrt's batch of {args.batch} divided by {args.batch}; the baseline runs one clip)"
+            f"(ms per clip: affectrt's batch of {args.batch} divided by {args.batch}; the reference runs one clip)"
+        )
+    if noisy:
+        print(
+            f"warning: p20-p80 spread above {SPREAD_WARNING:.0%} of the median in: {', '.join(noisy)}; the machine "
+            "was busy, so those ratios are unreliable (rerun on an idle machine or with more --repeats)"
         )
     if "clips_per_s" in result:
         tp = result["clips_per_s"]
         msg = f"throughput over {args.throughput} clips: affectrt {tp['affectrt']:.2f} clips/s (batch {args.batch})"
         if "baseline" in tp:
             msg += (
-                f", baseline {tp['baseline']:.2f} clips/s (batch 1): {tp['affectrt'] / tp['baseline']:.2f}x"
+                f", reference {tp['baseline']:.2f} clips/s (batch 1): {tp['affectrt'] / tp['baseline']:.2f}x"
             )
         print(msg)
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json_out}")
-    return result
+
+
+def _spread(row: dict, per: int) -> str:
+    return f"{row['p20_ms'] / per:.1f}-{row['p80_ms'] / per:.1f}"
+
+
+def write_chart(result: dict, path: Path, per: int) -> Path | None:
+    """Stacked per-stage bars (ms per clip) of both paths; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no latency.png: pip install matplotlib)", file=sys.stderr)
+        return None
+    n_new = result["new_tokens"]
+    paths = [("affectrt", result["affectrt"], per)]
+    if "baseline" in result:
+        paths.append(("reference", result["baseline"], 1))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.8 * len(paths)))
+    for row, (_, stages, div) in enumerate(paths):
+        left = 0.0
+        for i, stage in enumerate(STAGES):
+            ms = stages[stage]["median_ms"] / div * (n_new if stage == "decode/token" else 1)
+            label = LABELS[stage] + (f" ×{n_new}" if stage == "decode/token" else "")
+            ax.barh(row, ms, left=left, color=f"C{i}", label=label if row == 0 else None)
+            left += ms
+    ax.set_yticks(range(len(paths)), [p[0] for p in paths])
+    ax.set_xlabel("ms per clip")
+    ax.set_title(f"{result['preset']} ({result['variant']}), {result['device_name']}", fontsize=9)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
