@@ -119,6 +119,10 @@ def random_export_model(preset: str, variant: str, seed: int):
     return ExportModel(cfg, CLIPVisionEncoder(cfg.vision), HubertEncoder(cfg.audio), FusionHead(cfg))
 
 
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def run_export(args: argparse.Namespace) -> int:
     """Run ``affectrt export``; returns the exit code (0 ok, 2 bad input, 3 no TensorRT, 4 export failed)."""
     from .onnx_export import ExportCheckError, export_onnx, require_onnx
@@ -152,12 +156,20 @@ def run_export(args: argparse.Namespace) -> int:
             return 2
     try:
         onnx_files = export_onnx(
-            model, out_dir, dtype=args.dtype, pieces=pieces, opset=args.opset, check=not args.no_check
+            model,
+            out_dir,
+            dtype=args.dtype,
+            pieces=pieces,
+            opset=args.opset,
+            check=not args.no_check,
+            log=_notice,
         )
     except ExportCheckError as e:
         print(f"affectrt export: {e}", file=sys.stderr)
         return EXIT_EXPORT_FAILED
     if args.onnx:
+        for path in onnx_files.values():
+            print(path)  # the result on stdout; progress went to stderr
         return 0
 
     from .trt_build import EngineBuildError, build_engines, tensorrt_unavailable_reason
@@ -178,10 +190,13 @@ def run_export(args: argparse.Namespace) -> int:
             timing_cache=args.timing_cache,
             workspace_gib=args.workspace_gib,
             strongly_typed=args.strongly_typed,
+            log=_notice,
         )
     except EngineBuildError as e:
         print(f"affectrt export: {e}", file=sys.stderr)
         return EXIT_EXPORT_FAILED
+    for path in sorted(out_dir.glob("*.plan")):
+        print(path)
     return 0
 
 

@@ -125,3 +125,25 @@ def test_infer_with_merged_lora(capsys, clip_path, face_npy, tiny_model_dir):
     argv = ["infer", str(clip_path), "--face-npy", str(face_npy), "--model-dir", str(tiny_model_dir)]
     assert main([*argv, "--max-new-tokens", "3", "--merge-lora", "--json"]) == 0
     assert "answer" in json.loads(capsys.readouterr().out)
+
+
+def test_info_is_short_unless_verbose(capsys):
+    from affectrt.build_info import build_info
+
+    assert main(["info"]) == 0
+    short = capsys.readouterr().out
+    assert "registers" not in short
+    kernels = (build_info().get("cuda") or {}).get("kernels", [])
+    assert main(["info", "--verbose"]) == 0
+    assert ("registers" in capsys.readouterr().out) == bool(kernels)
+
+
+def test_export_prints_results_on_stdout_and_progress_on_stderr(capsys, tmp_path):
+    import pytest
+
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "onnx"
+    assert main(["export", "--onnx", str(out), "--pieces", "fusion", "--no-check"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.split() == [str(out / "fusion.onnx")]
+    assert "wrote" in captured.err and "RANDOM" in captured.err
