@@ -42,9 +42,10 @@ def info() -> dict:
 
     from affectrt import __version__
     from affectrt.build_info import build_info
+    from affectrt.cpu_features import cpu_bf16_units, cpu_name
     from affectrt.ops._backends import describe_all
 
-    devices = ["cpu"]
+    devices = [f"cpu ({cpu_name()}; bf16 matrix units: {cpu_bf16_units() or 'none'})"]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
     optional = {}

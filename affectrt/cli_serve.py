@@ -69,6 +69,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--artifacts", default=None, help="folder written by `affectrt export` (with --encoders)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    g.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="encoders + fusion compute dtype. auto: the release's rule (fp16 autocast on CUDA, fp32 on CPU); "
+        "bf16 pays on CPUs with AMX / AVX512-BF16 (`affectrt info` says) and changes numerics slightly",
+    )
     g = p.add_argument_group("question and decoding")
     g.add_argument(
         "--question",
@@ -149,6 +156,15 @@ def check_model_args(args: argparse.Namespace) -> None:
                 f"{module} is not installed",
                 f"pip install {module} (or use torch)",
             )
+    if args.precision == "bf16" and not args.device.startswith("cuda"):
+        from affectrt.cpu_features import cpu_bf16_units
+
+        if cpu_bf16_units() is None:
+            print(
+                "affectrt: --precision bf16: this CPU has no bf16 matrix units (AMX, AVX512-BF16); bf16 is "
+                "emulated and likely slower than fp32",
+                file=sys.stderr,
+            )
     if args.question_text is not None and not args.question_text.strip():
         raise UsageError("--question-text", "is empty", "give the question, or drop the option")
 
@@ -202,7 +218,9 @@ def load_pipeline(args: argparse.Namespace, variant: str):
         from affectrt.export.runners import load_encoders
 
         encoders = load_encoders(args.encoders, args.artifacts, model, args.device)
-    return AffectGPTPipeline(model, tokenizer, device=args.device, encoders=encoders)
+    return AffectGPTPipeline(
+        model, tokenizer, device=args.device, encoders=encoders, precision=args.precision
+    )
 
 
 def generation_of(args: argparse.Namespace, pipe):

@@ -92,6 +92,9 @@ def default_generation(
     )
 
 
+_AUTOCAST_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 class AffectGPTPipeline:
     """Media → answer for AffectGPT, batched; every stage is a method (see the module docstring)."""
 
@@ -102,8 +105,18 @@ class AffectGPTPipeline:
         device: str | torch.device = "cpu",
         autocast: bool | None = None,
         encoders: object | None = None,
+        precision: str = "auto",
     ) -> None:
-        """``autocast``: run encoders and fusion under float16 autocast as the release does (default: on CUDA).
+        """``precision``: the compute dtype of encoders and fusion head (weights stay float32):
+
+        - ``"auto"``: the release's rule, float16 autocast on CUDA (its ``maybe_autocast``) and float32 on CPU
+          (where its autocast is a no-op);
+        - ``"fp32"``, ``"fp16"``: that, explicitly;
+        - ``"bf16"``: bfloat16 autocast, for CPUs with bf16 matrix units (AMX, AVX512-BF16; see
+          :func:`affectrt.cpu_features.cpu_bf16_units`) and GPUs. Not the release's numerics: its error
+          against fp32 is of the size of the release's own fp16 error (``benchmarks/precision.py``).
+
+        ``autocast`` (older spelling): True means ``"fp16"``, False ``"fp32"``.
 
         ``encoders``: serve the encoders and the fusion head from elsewhere (an ONNX Runtime or TensorRT
         backend of :func:`affectrt.export.runners.load_encoders`): any object with ``encode_video``,
@@ -114,10 +127,22 @@ class AffectGPTPipeline:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.cfg = model.cfg
-        self.autocast = self.device.type == "cuda" if autocast is None else autocast
+        if autocast is not None:
+            precision = "fp16" if autocast else "fp32"
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        if precision not in _AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+        self.precision = precision
+
+    @property
+    def autocast(self) -> bool:
+        """Whether encoders and fusion run under autocast (any precision but fp32)."""
+        return self.precision != "fp32"
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.autocast)
+        dtype = _AUTOCAST_DTYPES[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def load_media(self, clip: ClipInput) -> MediaTensors:
         """Decode and sample one clip on the CPU (MODEL_SPEC §1.2)."""

@@ -42,16 +42,6 @@ def stats(samples: list[float]) -> dict[str, float]:
     }
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_metadata(device: torch.device) -> dict:
     repo = Path(__file__).resolve().parent.parent
     try:
@@ -60,14 +50,17 @@ def run_metadata(device: torch.device) -> dict:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    from affectrt.cpu_features import cpu_bf16_units, cpu_name
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = _cpu_name()
+        name = cpu_name()
     return {
         "device": str(device),
         "device_name": name,
         "threads": torch.get_num_threads(),
+        "cpu_bf16_units": cpu_bf16_units(),
         "commit": commit,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,

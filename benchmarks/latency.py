@@ -241,6 +241,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--throughput", type=int, default=0, metavar="N", help="also measure clips/s over N clips"
     )
     ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="add a column: affectrt with bf16 autocast encoders + fusion (for CPUs with AMX / AVX512-BF16) "
+        "against the same fp32 reference; the main columns stay fp32 vs fp32",
+    )
+    ap.add_argument(
         "--out-dir", type=Path, default=Path("bench_results"), help="latency.json and latency.png"
     )
     args = ap.parse_args(argv)
@@ -266,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         pipe.encoders = serve_encoders(pipe, args.encoders, args.batch)
     paths = [affectrt_stages(pipe, [clip] * args.batch, args.new_tokens)]
+    if args.bf16:
+        pipe16 = AffectGPTPipeline(pipe.model, pipe.tokenizer, device=device, precision="bf16")
+        paths.append(affectrt_stages(pipe16, [clip] * args.batch, args.new_tokens))
     if up is not None:
         paths.append(baseline_stages(up, clip, args.new_tokens))
     measured = measure(paths, device, args.repeats, args.new_tokens)
@@ -279,12 +288,16 @@ def main(argv: list[str] | None = None) -> dict:
         "new_tokens": args.new_tokens,
         "command": "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "encoders": args.encoders,
+        "precision": pipe.precision,
         "affectrt": {k: stats(v) for k, v in ours.items()},
         "affectrt_torch_encoders": {k: stats(v) for k, v in torch_rows.items()},
     }
     result["affectrt_end_to_end_ms"] = end_to_end(result["affectrt"], args.new_tokens)
+    if args.bf16:
+        result["affectrt_bf16"] = {k: stats(v) for k, v in measured[1].items()}
+        result["affectrt_bf16_end_to_end_ms"] = end_to_end(result["affectrt_bf16"], args.new_tokens)
     if up is not None:
-        theirs = measured[1]
+        theirs = measured[-1]
         result["baseline"] = {k: stats(v) for k, v in theirs.items()}
         result["baseline_end_to_end_ms"] = end_to_end(result["baseline"], args.new_tokens)
     if args.throughput:
@@ -321,10 +334,16 @@ def print_table(result: dict, args: argparse.Namespace, baseline: bool) -> None:
     per = args.batch  # affectrt runs a batch; its per-clip cost is the batch's time over the batch size
     print(
         f"AffectGPT latency, preset '{args.preset}' ({args.variant}), {result['device_name']} ({result['device']}), "
-        f"batch {args.batch}, prompt {result['prompt_tokens']} tokens + {args.new_tokens} new, commit {result['commit']}"
+        f"batch {args.batch}, prompt {result['prompt_tokens']} tokens + {args.new_tokens} new, {result['precision']} "
+        f"on both paths, commit {result['commit']}"
     )
+    bf16 = result.get("affectrt_bf16")
     head = f"{'stage':<18}{'affectrt ms':>12}{'p20-p80':>15}"
-    print(head + (f"{'reference ms':>14}{'p20-p80':>15}{'speed-up':>10}" if baseline else ""))
+    head += f"{'reference ms':>14}{'p20-p80':>15}{'speed-up':>10}" if baseline else ""
+    head += (
+        f"{'bf16 ms':>10}{'bf16 speed-up':>15}" if bf16 and baseline else (f"{'bf16 ms':>10}" if bf16 else "")
+    )
+    print(head)
     noisy = []
     for name in STAGES:
         a = result["affectrt"][name]
@@ -334,6 +353,11 @@ def print_table(result: dict, args: argparse.Namespace, baseline: bool) -> None:
             b = result["baseline"][name]
             rows.append(b)
             line += f"{b['median_ms']:>14.2f}{_spread(b, 1):>15}{b['median_ms'] * per / max(a['median_ms'], 1e-9):>9.2f}x"
+        if bf16:
+            h = bf16[name]
+            line += f"{h['median_ms'] / per:>10.2f}"
+            if baseline:
+                line += f"{result['baseline'][name]['median_ms'] * per / max(h['median_ms'], 1e-9):>14.2f}x"
         print(line)
         if any((r["p80_ms"] - r["p20_ms"]) > SPREAD_WARNING * r["median_ms"] for r in rows):
             noisy.append(LABELS[name])
@@ -344,10 +368,19 @@ def print_table(result: dict, args: argparse.Namespace, baseline: bool) -> None:
     if baseline:
         e2e = result["baseline_end_to_end_ms"]
         line += f"{e2e:>14.2f}{'':>15}{e2e * per / result['affectrt_end_to_end_ms']:>9.2f}x"
+    if bf16:
+        e16 = result["affectrt_bf16_end_to_end_ms"]
+        line += f"{e16 / per:>10.2f}"
+        if baseline:
+            line += f"{result['baseline_end_to_end_ms'] * per / e16:>14.2f}x"
     print(line)
     if args.batch > 1:
         print(
             f"(ms per clip: affectrt's batch of {args.batch} divided by {args.batch}; the reference runs one clip)"
+        )
+    if bf16:
+        print(
+            "(bf16 columns: affectrt with bf16 autocast encoders + fusion, against the same fp32 reference)"
         )
     if noisy:
         print(

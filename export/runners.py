@@ -124,6 +124,16 @@ class OrtRunner(_Runner):
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.path), opts, providers=list(providers))
+        # A provider that fails to initialise (missing cuDNN, a driver too old for onnxruntime-gpu's CUDA)
+        # is dropped with a log line, and the session silently runs on the next one: check what it got.
+        wanted = [p if isinstance(p, str) else p[0] for p in providers]
+        got = self.session.get_providers()
+        if wanted[0] not in got:
+            raise RuntimeError(
+                f"{self.path}: ONNX Runtime did not start {wanted[0]} (the session has {got}); on a GPU check "
+                "that only onnxruntime-gpu is installed (not onnxruntime too) and that its CUDA/cuDNN libraries "
+                "load"
+            )
         self._np = {torch.float32: "float32", torch.float16: "float16"}
 
     def run(self, xs: list[Tensor], clips: int) -> tuple[Tensor, ...]:

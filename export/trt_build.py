@@ -131,6 +131,10 @@ def build_engine(
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
+    if not strongly_typed and not hasattr(trt.BuilderFlag, "FP16"):
+        # TensorRT 11 removed weak typing (BuilderFlag.FP16/BF16): the network then takes the ONNX file's
+        # own dtypes, which the export already wrote in the piece's dtype.
+        strongly_typed = True
     if int(trt.__version__.split(".")[0]) < 10:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     if strongly_typed:

@@ -22,6 +22,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._launch import Launch, launch
+
 
 @triton.jit
 def _row_scores(z_row, w_ptr, offs_t, mask_t, D, z_st, z_sd, w_sd, ACC: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -119,7 +121,11 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+NUM_WARPS = 4
+
+
 def _blocks(T: int, D: int) -> tuple[int, int]:
+    # A [16, 256] tile is 32 float32 registers per thread at 4 warps: no spills on sm_80/sm_90 (AOT test).
     return min(triton.next_power_of_2(max(T, 1)), 16), min(triton.next_power_of_2(max(D, 1)), 256)
 
 
@@ -133,10 +139,15 @@ def attn_pool_forward(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return out.zero_()
     block_t, block_d = _blocks(T, D)
     grid = (B, triton.cdiv(D, block_d))
-    _attn_pool_fwd_kernel[grid](
-        z, weight, bias, out, T, D, *z.stride(), weight.stride(-1),
-        ACC=_acc_dtype(z.dtype), BLOCK_T=block_t, BLOCK_D=block_d,
-    )  # fmt: skip
+    launch(
+        Launch(
+            _attn_pool_fwd_kernel,
+            grid,
+            (z, weight, bias, out, T, D, *z.stride(), weight.stride(-1)),
+            {"ACC": _acc_dtype(z.dtype), "BLOCK_T": block_t, "BLOCK_D": block_d, "num_warps": NUM_WARPS},
+            "attn_pool.fwd",
+        )
+    )
     return out
 
 
@@ -152,11 +163,28 @@ def attn_pool_backward(
     if B and T and D:
         block_t, block_d = _blocks(T, D)
         grid = (B, triton.cdiv(D, block_d))
-        _attn_pool_bwd_kernel[grid](
-            z, weight, bias, grad_out, dz, dw_part, db_part,
-            T, D, *z.stride(), weight.stride(-1), *grad_out.stride(),
-            ACC=_acc_dtype(z.dtype), BLOCK_T=block_t, BLOCK_D=block_d,
-        )  # fmt: skip
+        launch(
+            Launch(
+                _attn_pool_bwd_kernel,
+                grid,
+                (
+                    z,
+                    weight,
+                    bias,
+                    grad_out,
+                    dz,
+                    dw_part,
+                    db_part,
+                    T,
+                    D,
+                    *z.stride(),
+                    weight.stride(-1),
+                    *grad_out.stride(),
+                ),  # fmt: skip
+                {"ACC": _acc_dtype(z.dtype), "BLOCK_T": block_t, "BLOCK_D": block_d, "num_warps": NUM_WARPS},
+                "attn_pool.bwd",
+            )
+        )
     else:
         dz.zero_()
     dw = dw_part.sum(0).to(weight.dtype).reshape(weight.shape)

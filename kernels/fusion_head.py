@@ -28,81 +28,128 @@ preallocated ``inputs_embeds`` [B,L,D]. Accumulation is float32 (float64 for flo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._launch import DoesNotFit, Launch, launch
+from ._weights import FusedWeights
 from .attn_pool import attn_pool_backward, attn_pool_forward
 
 MAX_T = 64  # the scores of a batch block live in registers: [BLOCK_B, next_pow2(T)]
 
 
+class Pooled(NamedTuple):
+    """One modality's input Z [B, T, d] (any strides) and its attention-pooling weights w [d], b [1]."""
+
+    z: Tensor
+    sb: int
+    st: int
+    sd: int
+    T: int
+    d: int
+    att_w: Tensor
+    att_w_sd: int
+    att_b: Tensor
+
+
+class Linear(NamedTuple):
+    """y = W x + c with W [N, K] (any strides) and c [N] contiguous."""
+
+    w: Tensor
+    sn: int
+    sk: int
+    b: Tensor
+
+
+class RowsOut(NamedTuple):
+    """Where results go: out[b, rows[b, j], :] of out [B, L, D] (strides sb, sl, sd), rows [B, 3]."""
+
+    out: Tensor
+    sb: int
+    sl: int
+    sd: int
+    rows: Tensor
+    r_sb: int
+    r_sj: int
+
+
+def _linear(w: Tensor, b: Tensor) -> Linear:
+    return Linear(w, w.stride(0), w.stride(1), b)
+
+
+def _pooled(z: Tensor, att_w: Tensor, att_b: Tensor) -> Pooled:
+    return Pooled(z, *z.stride(), z.shape[1], z.shape[2], att_w, att_w.stride(-1), att_b)
+
+
 @triton.jit
 def _pool_proj_tile(
-    z_ptr, z_sb, z_st, z_sd, T, K,
-    watt_ptr, watt_sd, batt_ptr, W_ptr, W_sn, W_sk, bias_ptr, N,
-    offs_b, mask_b, n0,
+    src, lin, N, offs_b, mask_b, n0,
     ATTENTION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """acc[b, n] = Σ_k W[n, k] x[b, k] + bias[n] with x = Σ_t s[b,t] Z[b,t,:]: [BLOCK_B, BLOCK_N]."""
+    """acc[b, n] = Σ_k W[n, k] x[b, k] + c[n] with x = Σ_t s[b,t] Z[b,t,:]: [BLOCK_B, BLOCK_N].
+
+    s = Z·w + b (``ATTENTION``) or 1/T (mean pooling). ``src``: :class:`Pooled`, ``lin``: :class:`Linear`.
+    """
     offs_t = tl.arange(0, BLOCK_T)
-    mask_t = offs_t < T
-    z_bt = z_ptr + offs_b[:, None, None] * z_sb + offs_t[None, :, None] * z_st
+    mask_t = offs_t < src.T
+    z_bt = src.z + offs_b[:, None, None] * src.sb + offs_t[None, :, None] * src.st
     mask_bt = mask_b[:, None, None] & mask_t[None, :, None]
     if ATTENTION:  # s = Z·w + b over the full row, before any x block can be formed
         s = tl.zeros([BLOCK_B, BLOCK_T], dtype=ACC)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(0, src.d, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = offs_k < K
-            z = tl.load(z_bt + offs_k[None, None, :] * z_sd, mask=mask_bt & mask_k[None, None, :], other=0.0)
-            w = tl.load(watt_ptr + offs_k * watt_sd, mask=mask_k, other=0.0).to(ACC)
+            mask_k = offs_k < src.d
+            z = tl.load(
+                z_bt + offs_k[None, None, :] * src.sd, mask=mask_bt & mask_k[None, None, :], other=0.0
+            )
+            w = tl.load(src.att_w + offs_k * src.att_w_sd, mask=mask_k, other=0.0).to(ACC)
             s += tl.sum(z.to(ACC) * w[None, None, :], axis=2)
-        s += tl.load(batt_ptr).to(ACC)
+        s += tl.load(src.att_b).to(ACC)
     else:  # mean over T
-        s = tl.full([BLOCK_B, BLOCK_T], 1.0, ACC) / T
+        s = tl.full([BLOCK_B, BLOCK_T], 1.0, ACC) / src.T
     s = tl.where(mask_t[None, :], s, 0.0)
 
     offs_n = n0 + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(0, src.d, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        z = tl.load(z_bt + offs_k[None, None, :] * z_sd, mask=mask_bt & mask_k[None, None, :], other=0.0)
+        mask_k = offs_k < src.d
+        z = tl.load(z_bt + offs_k[None, None, :] * src.sd, mask=mask_bt & mask_k[None, None, :], other=0.0)
         x = tl.sum(s[:, :, None] * z.to(ACC), axis=1)  # [BLOCK_B, BLOCK_K]
         W = tl.load(
-            W_ptr + offs_n[:, None] * W_sn + offs_k[None, :] * W_sk,
+            lin.w + offs_n[:, None] * lin.sn + offs_k[None, :] * lin.sk,
             mask=mask_n[:, None] & mask_k[None, :],
             other=0.0,
         ).to(ACC)
         acc += tl.sum(x[:, None, :] * W[None, :, :], axis=2)
-    acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)[None, :]
+    acc += tl.load(lin.b + offs_n, mask=mask_n, other=0.0).to(ACC)[None, :]
     return acc
 
 
 @triton.jit
-def _store_rows(out_ptr, o_sb, o_sl, o_sd, rows_ptr, r_sb, r_sj, j, acc, offs_b, mask_b, offs_n, mask_n):
-    """out[b, rows[b, j], n] = acc[b, n]."""
-    r = tl.load(rows_ptr + offs_b * r_sb + j * r_sj, mask=mask_b, other=0).to(tl.int64)
-    ptrs = out_ptr + offs_b[:, None] * o_sb + r[:, None] * o_sl + offs_n[None, :] * o_sd
-    tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_n[None, :])
+def _store_rows(dst, j, acc, offs_b, mask_b, offs_n, mask_n):
+    """out[b, rows[b, j], n] = acc[b, n] (``dst``: :class:`RowsOut`)."""
+    r = tl.load(dst.rows + offs_b * dst.r_sb + j * dst.r_sj, mask=mask_b, other=0).to(tl.int64)
+    ptrs = dst.out + offs_b[:, None] * dst.sb + r[:, None] * dst.sl + offs_n[None, :] * dst.sd
+    tl.store(ptrs, acc.to(dst.out.dtype.element_ty), mask=mask_b[:, None] & mask_n[None, :])
 
 
 @triton.jit
 def _fusion_head_fwd_kernel(
-    zv_ptr, zv_sb, zv_st, zv_sd, Tv, dv,
-    za_ptr, za_sb, za_st, za_sd, Ta, da,
-    wva_ptr, wva_sd, bva_ptr, Wv_ptr, Wv_sn, Wv_sk, cv_ptr,
-    waa_ptr, waa_sd, baa_ptr, Wa_ptr, Wa_sn, Wa_sk, ca_ptr,
-    Wmv_ptr, Wmv_sn, Wmv_sk, bmv_ptr, Wma_ptr, Wma_sn, Wma_sk, bma_ptr,
-    out_ptr, o_sb, o_sl, o_sd, rows_ptr, r_sb, r_sj, u_ptr,
+    video, audio, proj_v, proj_a, multi_v, multi_a, dst, u_ptr,
     B, D, dm, tiles_d, tiles_m,
     ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """Launch 1 (module docstring): ``video``/``audio`` :class:`Pooled`, the four :class:`Linear` maps
+    (H_v, H_a, u_v, u_a), ``dst`` :class:`RowsOut`, ``u_ptr`` the float scratch [B, 2·dm]."""
     pid = tl.program_id(0)
     offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     mask_b = offs_b < B
@@ -112,20 +159,14 @@ def _fusion_head_fwd_kernel(
         mask_n = offs_n < D
         if pid < tiles_d:
             acc = _pool_proj_tile(
-                zv_ptr, zv_sb, zv_st, zv_sd, Tv, dv, wva_ptr, wva_sd, bva_ptr, Wv_ptr, Wv_sn, Wv_sk, cv_ptr,
-                D, offs_b, mask_b, n0, True, ACC, BLOCK_B, BLOCK_T, BLOCK_N, BLOCK_K,
-            )  # fmt: skip
-            _store_rows(
-                out_ptr, o_sb, o_sl, o_sd, rows_ptr, r_sb, r_sj, 2, acc, offs_b, mask_b, offs_n, mask_n
+                video, proj_v, D, offs_b, mask_b, n0, True, ACC, BLOCK_B, BLOCK_T, BLOCK_N, BLOCK_K
             )
+            _store_rows(dst, 2, acc, offs_b, mask_b, offs_n, mask_n)
         else:
             acc = _pool_proj_tile(
-                za_ptr, za_sb, za_st, za_sd, Ta, da, waa_ptr, waa_sd, baa_ptr, Wa_ptr, Wa_sn, Wa_sk, ca_ptr,
-                D, offs_b, mask_b, n0, True, ACC, BLOCK_B, BLOCK_T, BLOCK_N, BLOCK_K,
-            )  # fmt: skip
-            _store_rows(
-                out_ptr, o_sb, o_sl, o_sd, rows_ptr, r_sb, r_sj, 1, acc, offs_b, mask_b, offs_n, mask_n
+                audio, proj_a, D, offs_b, mask_b, n0, True, ACC, BLOCK_B, BLOCK_T, BLOCK_N, BLOCK_K
             )
+            _store_rows(dst, 1, acc, offs_b, mask_b, offs_n, mask_n)
     else:  # u_v or u_a: mean pooling + the pre-fusion input projections, into the float scratch
         q = pid - 2 * tiles_d
         n0 = (q % tiles_m) * BLOCK_N
@@ -133,15 +174,13 @@ def _fusion_head_fwd_kernel(
         mask_n = offs_n < dm
         if q < tiles_m:
             acc = _pool_proj_tile(
-                zv_ptr, zv_sb, zv_st, zv_sd, Tv, dv, wva_ptr, wva_sd, bva_ptr, Wmv_ptr, Wmv_sn, Wmv_sk,
-                bmv_ptr, dm, offs_b, mask_b, n0, False, ACC, BLOCK_B, BLOCK_T, BLOCK_N, BLOCK_K,
-            )  # fmt: skip
+                video, multi_v, dm, offs_b, mask_b, n0, False, ACC, BLOCK_B, BLOCK_T, BLOCK_N, BLOCK_K
+            )
             col = offs_n
         else:
             acc = _pool_proj_tile(
-                za_ptr, za_sb, za_st, za_sd, Ta, da, waa_ptr, waa_sd, baa_ptr, Wma_ptr, Wma_sn, Wma_sk,
-                bma_ptr, dm, offs_b, mask_b, n0, False, ACC, BLOCK_B, BLOCK_T, BLOCK_N, BLOCK_K,
-            )  # fmt: skip
+                audio, multi_a, dm, offs_b, mask_b, n0, False, ACC, BLOCK_B, BLOCK_T, BLOCK_N, BLOCK_K
+            )
             col = dm + offs_n
         ptrs = u_ptr + offs_b[:, None] * (2 * dm) + col[None, :]
         tl.store(ptrs, acc.to(u_ptr.dtype.element_ty), mask=mask_b[:, None] & mask_n[None, :])
@@ -149,12 +188,13 @@ def _fusion_head_fwd_kernel(
 
 @triton.jit
 def _fusion_head_gate_kernel(
-    u_ptr, Wg_ptr, Wg_sn, Wg_sk, bg_ptr, g_ptr, Wmp_ptr, Wmp_sn, Wmp_sk, bmp_ptr,
-    out_ptr, o_sb, o_sl, o_sd, rows_ptr, r_sb, r_sj,
+    u_ptr, gate, g_ptr, proj_m, dst,
     B, D, dm,
     G_GIVEN: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
+    """Launch 2: g = W_g u + b_g (``gate`` :class:`Linear` [2, 2dm]; read from g_ptr when ``G_GIVEN``),
+    then H_m = W_mp (g_0 u_v + g_1 u_a) + b_mp (``proj_m``) into row 0 of ``dst``."""
     pid_n = tl.program_id(0)
     offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     mask_b = offs_b < B
@@ -169,12 +209,12 @@ def _fusion_head_gate_kernel(
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = offs_k < 2 * dm
             u = tl.load(u_row + offs_k[None, :], mask=mask_b[:, None] & mask_k[None, :], other=0.0).to(ACC)
-            w0 = tl.load(Wg_ptr + offs_k * Wg_sk, mask=mask_k, other=0.0).to(ACC)
-            w1 = tl.load(Wg_ptr + Wg_sn + offs_k * Wg_sk, mask=mask_k, other=0.0).to(ACC)
+            w0 = tl.load(gate.w + offs_k * gate.sk, mask=mask_k, other=0.0).to(ACC)
+            w1 = tl.load(gate.w + gate.sn + offs_k * gate.sk, mask=mask_k, other=0.0).to(ACC)
             g0 += tl.sum(u * w0[None, :], axis=1)
             g1 += tl.sum(u * w1[None, :], axis=1)
-        g0 += tl.load(bg_ptr).to(ACC)
-        g1 += tl.load(bg_ptr + 1).to(ACC)
+        g0 += tl.load(gate.b).to(ACC)
+        g1 += tl.load(gate.b + 1).to(ACC)
         if pid_n == 0:
             tl.store(g_ptr + offs_b * 2, g0.to(g_ptr.dtype.element_ty), mask=mask_b)
             tl.store(g_ptr + offs_b * 2 + 1, g1.to(g_ptr.dtype.element_ty), mask=mask_b)
@@ -190,67 +230,111 @@ def _fusion_head_gate_kernel(
         ua = tl.load(u_row + dm + offs_k[None, :], mask=m, other=0.0).to(ACC)
         x = g0[:, None] * uv + g1[:, None] * ua  # the gated sum z_f, formed per K-block
         W = tl.load(
-            Wmp_ptr + offs_n[:, None] * Wmp_sn + offs_k[None, :] * Wmp_sk,
+            proj_m.w + offs_n[:, None] * proj_m.sn + offs_k[None, :] * proj_m.sk,
             mask=mask_n[:, None] & mask_k[None, :],
             other=0.0,
         ).to(ACC)
         acc += tl.sum(x[:, None, :] * W[None, :, :], axis=2)
-    acc += tl.load(bmp_ptr + offs_n, mask=mask_n, other=0.0).to(ACC)[None, :]
-    _store_rows(out_ptr, o_sb, o_sl, o_sd, rows_ptr, r_sb, r_sj, 0, acc, offs_b, mask_b, offs_n, mask_n)
+    acc += tl.load(proj_m.b + offs_n, mask=mask_n, other=0.0).to(ACC)[None, :]
+    _store_rows(dst, 0, acc, offs_b, mask_b, offs_n, mask_n)
 
 
 def _acc(dtype: torch.dtype) -> tuple[torch.dtype, object]:
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
+# Register budget of one program: the Z tile [BLOCK_B, BLOCK_T, BLOCK_K] and the W product
+# [BLOCK_B, BLOCK_N, BLOCK_K] are float32 (float64) register tensors; at most TILE_ELEMS elements each keeps
+# them at <= 32 (64) registers per thread with NUM_WARPS warps, so T = 64, B >= 4 compiles without spills.
+NUM_WARPS = 4
+TILE_ELEMS = 4096
+
+
+@dataclass(frozen=True)
+class Config:
+    """Block sizes of the two launches."""
+
+    BLOCK_B: int
+    BLOCK_T: int
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int = NUM_WARPS
+
+
+def choose_config(B: int, T: int) -> Config:
+    """Batch block ≤ 4, T padded to a power of two (≤ MAX_T), K block shrunk to keep the tiles in budget."""
+    if T > MAX_T:
+        raise DoesNotFit(f"T={T} time steps; the Triton fusion head keeps at most {MAX_T} scores per row")
+    block_b = min(triton.next_power_of_2(max(B, 1)), 4)
+    block_t = triton.next_power_of_2(max(T, 1))
+    block_n = 32
+    block_k = max(16, min(64, TILE_ELEMS // (block_b * block_t), TILE_ELEMS // (block_b * block_n)))
+    return Config(block_b, block_t, block_n, block_k)
+
+
 def fusion_head_forward(
     z_video: Tensor,
     z_audio: Tensor,
-    weights: Sequence[Tensor],
+    weights: FusedWeights,
     out: Tensor,
     rows: Tensor,
     gate_fn: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run the two kernels; write out[b, rows[b, j], :] for j = 0 multi, 1 audio, 2 video.
 
-    ``weights``: the 16 tensors (w_va [dv], b_va [1], W_v [D,dv], c_v [D], w_aa [da], b_aa [1], W_a [D,da],
-    c_a [D], W_mv [dm,dv], b_mv [dm], W_ma [dm,da], b_ma [dm], W_g [2,2dm], b_g [2], W_mp [D,dm], b_mp [D]);
-    biases contiguous. ``gate_fn``: u -> g [B,2] (float32/64), run between the two launches (training: the
-    unfolded gate); then W_g, b_g are not read.
-    Returns (u [B, 2·dm], g [B, 2]) in the accumulation dtype, for the backward.
+    ``weights``: :class:`FusedWeights` (biases contiguous, attention weights [d]). ``gate_fn``: u -> g [B,2]
+    (float32/64), run between the two launches (training: the unfolded gate); then the folded gate is not
+    read. Returns (u [B, 2·dm], g [B, 2]) in the accumulation dtype, for the backward.
     """
-    wva, bva, Wv, cv, waa, baa, Wa, ca, Wmv, bmv, Wma, bma, Wg, bg, Wmp, bmp = weights
-    B, Tv, dv = z_video.shape
-    Ta, da = z_audio.shape[1:]
-    D, dm = Wmp.shape
+    w = FusedWeights(*weights)
+    B, Tv, _ = z_video.shape
+    Ta = z_audio.shape[1]
+    D, dm = w.multi_proj_w.shape
     acc_t, acc_tl = _acc(z_video.dtype)
     u = torch.empty((B, 2 * dm), dtype=acc_t, device=z_video.device)
     g = torch.empty((B, 2), dtype=acc_t, device=z_video.device)
     if B == 0:
         return u, g
-    block_b = min(triton.next_power_of_2(B), 4)
-    block_t = triton.next_power_of_2(max(Tv, Ta))
-    block_n, block_k = 32, 64
-    tiles_d, tiles_m = triton.cdiv(D, block_n), triton.cdiv(dm, block_n)
-    grid_b = triton.cdiv(B, block_b)
-    _fusion_head_fwd_kernel[(2 * tiles_d + 2 * tiles_m, grid_b)](
-        z_video, *z_video.stride(), Tv, dv,
-        z_audio, *z_audio.stride(), Ta, da,
-        wva, wva.stride(-1), bva, Wv, *Wv.stride(), cv,
-        waa, waa.stride(-1), baa, Wa, *Wa.stride(), ca,
-        Wmv, *Wmv.stride(), bmv, Wma, *Wma.stride(), bma,
-        out, *out.stride(), rows, *rows.stride(), u,
-        B, D, dm, tiles_d, tiles_m,
-        ACC=acc_tl, BLOCK_B=block_b, BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_K=block_k,
-    )  # fmt: skip
+    cfg = choose_config(B, max(Tv, Ta))
+    tiles_d, tiles_m = triton.cdiv(D, cfg.BLOCK_N), triton.cdiv(dm, cfg.BLOCK_N)
+    grid_b = triton.cdiv(B, cfg.BLOCK_B)
+    dst = RowsOut(out, *out.stride(), rows, *rows.stride())
+    meta = {"ACC": acc_tl, **asdict(cfg)}
+    launch(
+        Launch(
+            _fusion_head_fwd_kernel,
+            (2 * tiles_d + 2 * tiles_m, grid_b),
+            (
+                _pooled(z_video, w.video_att_w, w.video_att_b),
+                _pooled(z_audio, w.audio_att_w, w.audio_att_b),
+                _linear(w.video_proj_w, w.video_proj_b),
+                _linear(w.audio_proj_w, w.audio_proj_b),
+                _linear(w.multi_video_w, w.multi_video_b),
+                _linear(w.multi_audio_w, w.multi_audio_b),
+                dst,
+                u,
+                B,
+                D,
+                dm,
+                tiles_d,
+                tiles_m,
+            ),  # fmt: skip
+            meta,
+            "fusion_head.pool_proj",
+        )
+    )
     if gate_fn is not None:
         g = gate_fn(u).to(acc_t).contiguous()
-    _fusion_head_gate_kernel[(tiles_d, grid_b)](
-        u, Wg, *Wg.stride(), bg, g, Wmp, *Wmp.stride(), bmp,
-        out, *out.stride(), rows, *rows.stride(),
-        B, D, dm,
-        G_GIVEN=gate_fn is not None, ACC=acc_tl, BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=block_k,
-    )  # fmt: skip
+    meta = {k: v for k, v in meta.items() if k != "BLOCK_T"}  # a new dict: the first Launch keeps its own
+    launch(
+        Launch(
+            _fusion_head_gate_kernel,
+            (tiles_d, grid_b),
+            (u, _linear(w.gate_w, w.gate_b), g, _linear(w.multi_proj_w, w.multi_proj_b), dst, B, D, dm),
+            {"G_GIVEN": gate_fn is not None, **meta},
+            "fusion_head.gate_proj",
+        )
+    )
     return u, g
 
 

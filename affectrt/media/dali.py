@@ -29,6 +29,8 @@ does not apply the rotation that decord applies. Anything else DALI raises on fa
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -76,7 +78,10 @@ def _video_graph(backend: str, size: int):
 
     encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
     frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-    video = fn.decoders.video(encoded, frames=frames, device=backend)
+    # pad_mode="none": an index past the decoded length is an error, not a black frame (the default
+    # "constant" pads silently); _run also checks each clip's frame count, so a short clip fails itself
+    # and the loader falls back to PyAV for it.
+    video = fn.decoders.video(encoded, frames=frames, device=backend, pad_mode="none")
     return fn.resize(video, size=[size, size], interp_type=types.INTERP_LINEAR, antialias=True)
 
 
@@ -131,12 +136,22 @@ class DaliDecoder:
         for name, data in inputs.items():
             self._pipe.feed_input(name, data)
         (out,) = self._pipe.run()
+        if "frames" in inputs:
+            for i, (shape, want) in enumerate(zip(out.shape(), inputs["frames"])):
+                if shape[0] != len(want):
+                    raise IndexError(
+                        f"DALI decoded {shape[0]} of {len(want)} requested frames of clip {i} (largest "
+                        f"index {int(max(want))}): an index lies past the decoded length"
+                    )
         if self.backend == "cpu":
             return torch.from_numpy(np.array(out.as_tensor()))  # copies: DALI reuses its buffers
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         t = out.as_tensor()
-        dst = torch.empty(t.shape(), dtype=torch.uint8, device=self.device)
+        # Allocated under the stream that writes it: the caching allocator then ties the block to that
+        # stream, so it is never handed to other work while the copy is in flight.
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            dst = torch.empty(t.shape(), dtype=torch.uint8, device=self.device)
         feed_ndarray(t, dst, cuda_stream=stream)
         return dst
 

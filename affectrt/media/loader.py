@@ -24,6 +24,7 @@ the other clips of the batch go on. A batch whose clips all fail has B = 0 and o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -206,10 +207,24 @@ class MediaLoader:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield self._hand_over(item)
         finally:
             stop.set()
             worker.join()
+
+    def _hand_over(self, batch: MediaBatch) -> MediaBatch:
+        """Mark the batch's device tensors as used on the consumer's current stream.
+
+        They were allocated and written on the producer's side stream (which has finished: the producer
+        synchronised it). ``record_stream`` keeps the caching allocator from reusing their memory for the
+        side stream's next batch until the consumer stream's work queued so far has run.
+        """
+        if self.device.type == "cuda":
+            consumer = torch.cuda.current_stream(self.device)
+            for t in (batch.pixels, batch.audio):
+                if t.device.type == "cuda":
+                    t.record_stream(consumer)
+        return batch
 
     def _pools(self):
         """(thread pool for audio/probes, pool for PyAV visual decode) as one context manager."""
@@ -329,9 +344,12 @@ class MediaLoader:
         """Stack, move to the device once (pinned host memory, side stream) and normalise there."""
         m, size = self.media, self.media.image_size
         cuda = self.device.type == "cuda"
-        if not ok:
-            pixels = torch.empty(0, m.n_frames, size, size, 3, dtype=torch.uint8, device=self.device)
-            audio = torch.empty(0, m.n_audio_clips, m.clip_samples, dtype=torch.float32, device=self.device)
+        if not ok:  # empty, but allocated like the others: under the side stream that owns the batch
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                pixels = torch.empty(0, m.n_frames, size, size, 3, dtype=torch.uint8, device=self.device)
+                audio = torch.empty(
+                    0, m.n_audio_clips, m.clip_samples, dtype=torch.float32, device=self.device
+                )
         else:
             host = [j for j, p in enumerate(pix) if p.device.type == "cpu"]
             if cuda:

@@ -10,12 +10,23 @@ inputs it cannot handle (``supports(inputs) -> [reasons]``). :func:`select` then
   falls through to the first differentiable one.
 - ``backend="<name>"``: that backend, or a :class:`BackendError` listing every reason it does not fit
   (including "forward only" when a gradient is required).
+
+One vocabulary for every op: ``cuda`` (``affectrt._C_cuda``), ``triton`` (``affectrt.kernels``), ``cpu``
+(``affectrt._C``), ``eager`` (the plain PyTorch reference). One rule for Triton on CPU: under
+``TRITON_INTERPRET=1`` the ``triton`` backend also declares CPU tensors (the interpreter, how the tests
+run the kernels), but "auto" never picks it there: on CPU "auto" keeps to the C++ kernel and the
+reference. The availability checks every op shares live here: :func:`triton_reason`,
+:func:`cuda_ext_available`, :func:`cpu_ext_available`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
+import os
 import pkgutil
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,12 +107,115 @@ def needs_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+# ------------------------------------------------------------------------------- shared availability checks
+
+
+def triton_interpreted() -> bool:
+    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_devices() -> tuple[str, ...]:
+    """Devices a Triton backend declares: CUDA, plus CPU under the interpreter (read at import)."""
+    return ("cuda", "cpu") if triton_interpreted() else ("cuda",)
+
+
+@functools.cache
+def triton_reason() -> str | None:
+    """Why Triton kernels cannot run here; None when they can. Imports triton on first call only."""
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed (pip install triton)"
+    if triton_interpreted():
+        return None
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
+        return f"import triton failed: {type(e).__name__}: {e}"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU, slowly)"
+    return None
+
+
+def _version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+@functools.cache
+def _cuda_ext_reason() -> str | None:
+    from affectrt.ops._ext import cuda_ext, cuda_ext_reason
+
+    reason = cuda_ext_reason()
+    if reason is not None:
+        return reason
+    ext = cuda_ext()
+    # Ask the extension, not torch: it links its own CUDA runtime, which may need a newer driver than
+    # torch's (a driver too old for it makes every launch fail with "driver version is insufficient").
+    runtime, driver = ext.runtime_version(), ext.driver_version()
+    if driver == 0:
+        return "affectrt._C_cuda: no CUDA driver is installed"
+    if runtime and driver < runtime:
+        return (
+            f"affectrt._C_cuda links CUDA runtime {_version(runtime)}, which needs a driver for CUDA >= "
+            f"{_version(runtime)}; this driver supports CUDA {_version(driver)} (update the driver, or "
+            "rebuild against an older nvidia-cuda-runtime)"
+        )
+    count, error = ext.device_count()
+    if count < 0:
+        return f"affectrt._C_cuda cannot use the GPU: {error}"
+    if count == 0:
+        return "affectrt._C_cuda sees no CUDA device"
+    return None
+
+
+def cuda_ext_available(function: str) -> Callable[[], str | None]:
+    """An ``available()`` for a backend of ``affectrt._C_cuda.<function>``: the extension loads, its
+    runtime's driver requirement is met, it counts at least one device, torch sees CUDA too."""
+
+    def available() -> str | None:
+        from affectrt.ops._ext import cuda_ext
+
+        reason = _cuda_ext_reason()
+        if reason is None and not hasattr(cuda_ext(), function):
+            return f"affectrt._C_cuda has no {function}: rebuild it (pip install -e .)"
+        if reason is None and not torch.cuda.is_available():
+            return "affectrt._C_cuda sees a GPU, but torch does not (a CPU build of torch?)"
+        return reason
+
+    return available
+
+
+def cpu_ext_available(function: str) -> Callable[[], str | None]:
+    """An ``available()`` for a backend of ``affectrt._C.<function>``."""
+
+    def available() -> str | None:
+        from affectrt.ops._ext import cpu_ext, cpu_ext_reason
+
+        reason = cpu_ext_reason()
+        if reason is None and not hasattr(cpu_ext(), function):
+            return f"affectrt._C has no {function}: rebuild it (pip install -e .)"
+        return reason
+
+    return available
+
+
+def always() -> str | None:
+    """``available()`` of a backend that always is (the eager reference)."""
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- selection
+
+
 def select(op: str, inputs: Inputs, backend: str = "auto", needs_grad: bool = False) -> Backend:
     """The backend that runs ``op`` on ``inputs`` (see the module docstring for the rule)."""
     declared = backends(op)
     if backend == "auto":
+        first = next(iter(inputs.values()))
         rejected = []
         for b in declared:
+            if b.name == "triton" and first.device.type == "cpu":
+                rejected.append("  triton: the interpreter runs on CPU only when asked for by name")
+                continue
             reasons = b.not_supported_reasons(inputs, needs_grad)
             if not reasons:
                 return b
@@ -120,6 +234,37 @@ def select(op: str, inputs: Inputs, backend: str = "auto", needs_grad: bool = Fa
     raise BackendError(
         f"{op}: unknown backend {backend!r}; choose 'auto' or one of {[b.name for b in declared]}"
     )
+
+
+def _out_of_resources(e: BaseException) -> bool:
+    # triton.runtime.errors.OutOfResources, matched by name: checking must not import triton
+    return type(e).__name__ == "OutOfResources"
+
+
+def dispatch(op: str, inputs: Inputs, backend: str, needs_grad: bool, call: Callable[[Backend], Any]) -> Any:
+    """``call(select(...))``; with ``backend="auto"``, a kernel that still runs out of GPU resources at its
+    first launch (a GPU the resource model does not know) makes way for the next backend that fits, with a
+    warning that names the reason. An explicit backend raises as it is."""
+    chosen = select(op, inputs, backend, needs_grad=needs_grad)
+    if backend != "auto":
+        return call(chosen)
+    try:
+        return call(chosen)
+    except Exception as e:
+        if not _out_of_resources(e):
+            raise
+        declared = backends(op)
+        for b in declared[declared.index(chosen) + 1 :]:
+            if b.name == "triton" and next(iter(inputs.values())).device.type == "cpu":
+                continue
+            if not b.not_supported_reasons(inputs, needs_grad):
+                warnings.warn(
+                    f"{op}: backend {chosen.name!r} ran out of GPU resources ({e}); using {b.name!r}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return call(b)
+        raise
 
 
 def describe_all() -> list[dict[str, Any]]:

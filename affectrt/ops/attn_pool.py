@@ -24,58 +24,20 @@ torch.library op so ``torch.compile`` / ``torch.export`` trace through them.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
-
 import torch
 from torch import Tensor, nn
 
 from affectrt.ops import _backends
-from affectrt.ops._ext import DTYPE_CODES, cpu_ext, cpu_ext_reason, cuda_ext, cuda_ext_reason
+from affectrt.ops._ext import DTYPE_CODES, cpu_ext, cuda_ext
 
 OP = "attn_pool"
 
 
-# ------------------------------------------------------------------- Triton availability (shared by ops)
-
-
-def triton_interpreted() -> bool:
-    """True when ``TRITON_INTERPRET=1``: Triton kernels then run on CPU tensors through its interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def triton_devices() -> tuple[str, ...]:
-    """Devices a Triton backend declares: CUDA, plus CPU under the interpreter (read at import)."""
-    return ("cuda", "cpu") if triton_interpreted() else ("cuda",)
-
-
-@functools.cache
-def triton_reason() -> str | None:
-    """Why Triton kernels cannot run here; None when they can. Imports triton on first call only."""
-    if importlib.util.find_spec("triton") is None:
-        return "the triton package is not installed (pip install triton)"
-    if triton_interpreted():
-        return None
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
-        return f"import triton failed: {type(e).__name__}: {e}"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU, slowly)"
-    return None
-
-
-def select_backend(op: str, inputs: _backends.Inputs, backend: str, needs_grad: bool) -> _backends.Backend:
-    """:func:`_backends.select`, except that "auto" never picks Triton for CPU tensors: the interpreter
-    is a test device, so on CPU "auto" keeps to the C++ kernel and the eager reference."""
-    first = next(iter(inputs.values()))
-    if backend == "auto" and first.device.type == "cpu":
-        for b in _backends.backends(op):
-            if b.name != "triton" and not b.not_supported_reasons(inputs, needs_grad):
-                return b
-    return _backends.select(op, inputs, backend, needs_grad=needs_grad)
-
+# The shared availability checks and the selection rule live in _backends; re-exported for older imports.
+triton_interpreted = _backends.triton_interpreted
+triton_devices = _backends.triton_devices
+triton_reason = _backends.triton_reason
+select_backend = _backends.select
 
 _NATIVE_DTYPES = tuple(DTYPE_CODES)
 _CUDA_MAX_T = 12288  # scores live in 48 KiB of shared memory
@@ -166,13 +128,6 @@ def _native(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return _attn_pool_native(z, weight, bias)
 
 
-def _cuda_available() -> str | None:
-    reason = cuda_ext_reason()
-    if reason is None and not torch.cuda.is_available():
-        return "affectrt._C_cuda is built, but torch sees no CUDA device"
-    return reason
-
-
 def _cuda_limits(inputs: _backends.Inputs) -> list[str]:
     z = inputs["z"]
     reasons = []
@@ -186,23 +141,47 @@ def _cuda_limits(inputs: _backends.Inputs) -> list[str]:
 # ------------------------------------------------------------------------------------------------ triton
 
 
+@torch.library.custom_op("affectrt::attn_pool_triton", mutates_args=())
+def _attn_pool_triton(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The Triton forward kernel as a torch op: [B, D] in z's dtype."""
+    from affectrt.kernels.attn_pool import attn_pool_forward
+
+    return attn_pool_forward(z, weight, bias)
+
+
+@_attn_pool_triton.register_fake
+def _(z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return z.new_empty((z.shape[0], z.shape[2]))
+
+
+@torch.library.custom_op("affectrt::attn_pool_triton_bwd", mutates_args=())
+def _attn_pool_triton_bwd(
+    grad_out: Tensor, z: Tensor, weight: Tensor, bias: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The Triton backward kernel as a torch op: (dz [B,T,D], dweight like weight, dbias [1])."""
+    from affectrt.kernels.attn_pool import attn_pool_backward
+
+    return attn_pool_backward(grad_out, z, weight, bias)
+
+
+@_attn_pool_triton_bwd.register_fake
+def _(grad_out: Tensor, z: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return z.new_empty(z.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
 class _AttnPoolTriton(torch.autograd.Function):
-    """Triton forward and backward; saves z, weight, bias only when a gradient is needed."""
+    """The Triton torch ops forward and backward; saves z, weight, bias only when a gradient is needed."""
 
     @staticmethod
     def forward(ctx, z: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        from affectrt.kernels.attn_pool import attn_pool_forward
-
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(z, weight, bias)
-        return attn_pool_forward(z, weight, bias)
+        return torch.ops.affectrt.attn_pool_triton(z, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        from affectrt.kernels.attn_pool import attn_pool_backward
-
         z, weight, bias = ctx.saved_tensors
-        dz, dw, db = attn_pool_backward(grad_out, z, weight, bias)
+        dz, dw, db = torch.ops.affectrt.attn_pool_triton_bwd(grad_out, z, weight, bias)
         need = ctx.needs_input_grad
         return (dz if need[0] else None, dw if need[1] else None, db if need[2] else None)
 
@@ -219,7 +198,7 @@ _backends.register(
             ("cuda",),
             _NATIVE_DTYPES,
             has_backward=False,
-            available=_cuda_available,
+            available=_backends.cuda_ext_available("attn_pool"),
             run=_native,
             supports=_cuda_limits,
             about="affectrt._C_cuda, one block per row",
@@ -238,7 +217,7 @@ _backends.register(
             ("cpu",),
             _NATIVE_DTYPES,
             has_backward=False,
-            available=cpu_ext_reason,
+            available=_backends.cpu_ext_available("attn_pool"),
             run=_native,
             about="affectrt._C, OpenMP over rows",
         ),
@@ -247,7 +226,7 @@ _backends.register(
             ("cpu", "cuda"),
             (torch.float16, torch.bfloat16, torch.float32, torch.float64),
             has_backward=True,
-            available=lambda: None,
+            available=_backends.always,
             run=attn_pool_ref,
             about="plain PyTorch reference, differentiable",
         ),
@@ -262,13 +241,9 @@ def attn_pool(z: Tensor, weight: Tensor, bias: Tensor, backend: str = "auto") ->
     inputs raises :class:`affectrt.ops._backends.BackendError` saying why.
     """
     _check_inputs(z, weight, bias)
-    chosen = select_backend(
-        OP,
-        {"z": z, "weight": weight, "bias": bias},
-        backend,
-        needs_grad=_backends.needs_grad(z, weight, bias),
-    )
-    return chosen.run(z, weight, bias)
+    inputs = {"z": z, "weight": weight, "bias": bias}
+    needs_grad = _backends.needs_grad(z, weight, bias)
+    return _backends.dispatch(OP, inputs, backend, needs_grad, lambda b: b.run(z, weight, bias))
 
 
 class AttnPool(nn.Module):

@@ -23,18 +23,18 @@ Backends (DESIGN §3), in "auto" order:
 - ``triton``: ``affectrt.kernels.cross_attn`` forward and backward through an ``autograd.Function``.
 - ``cpu``: ``affectrt._C`` (csrc/cross_attn_cpu.cpp), OpenMP over (batch, key split); forward only.
 - ``eager``: :func:`cross_attn_ref` (K, V and the scores materialised), differentiable.
-- ``triton_interpret``: the Triton kernels on CPU tensors under ``TRITON_INTERPRET=1`` (tests); last, so
-  "auto" never picks it (eager always fits first): ask for it with ``backend="triton_interpret"``.
 
-The kernel core runs through the torch.library ops ``affectrt::cross_attn_core_native``,
-``affectrt::cross_attn_core_triton`` and ``affectrt::cross_attn_core_triton_bwd`` (fake impls registered) so
+Triton on CPU follows the one rule of :mod:`affectrt.ops._backends`: under ``TRITON_INTERPRET=1`` the
+``triton`` backend takes CPU tensors when asked for by name; "auto" never picks it there.
+
+The kernel core runs through the torch.library ops ``affectrt::cross_attn_native``,
+``affectrt::cross_attn_triton`` and ``affectrt::cross_attn_triton_bwd`` (fake impls registered) so
 ``torch.compile`` / ``torch.export`` see single ops.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from contextlib import nullcontext
 
 import torch
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.ops import _backends
-from affectrt.ops._ext import DTYPE_CODES, cpu_ext, cpu_ext_reason, cuda_ext, cuda_ext_reason
+from affectrt.ops._ext import DTYPE_CODES, cpu_ext, cuda_ext
 
 OP = "cross_attn"
 _NATIVE_DTYPES = tuple(DTYPE_CODES)
@@ -177,7 +177,7 @@ def _native_splits(B: int, R: int, Nk: int, device: torch.device) -> int:
     return max(1, min(want, blocks, 65535))
 
 
-@torch.library.custom_op("affectrt::cross_attn_core_native", mutates_args=())
+@torch.library.custom_op("affectrt::cross_attn_native", mutates_args=())
 def _core_native(qt: Tensor, x: Tensor, keep: Tensor | None, split_k: int) -> tuple[Tensor, Tensor, Tensor]:
     """A, m, log l = the C++/CUDA kernel for x's device (forward only); qt float32 [B,R,E], keep uint8."""
     B, R, E = qt.shape
@@ -219,7 +219,7 @@ def _native(q, x, w_k, b_k, w_v, b_v, key_mask, num_heads, split_k=None):
 # ---------------------------------------------------------------------------------------- Triton kernels
 
 
-@torch.library.custom_op("affectrt::cross_attn_core_triton", mutates_args=())
+@torch.library.custom_op("affectrt::cross_attn_triton", mutates_args=())
 def _core_triton(qt: Tensor, x: Tensor, keep: Tensor | None, split_k: int) -> tuple[Tensor, Tensor, Tensor]:
     """A [B,R,E], m, log l [B,R] (float32) from the Triton forward; qt in x's dtype, keep uint8."""
     from affectrt.kernels.cross_attn import cross_attn_forward
@@ -238,7 +238,7 @@ def _(qt, x, keep, split_k):
     )
 
 
-@torch.library.custom_op("affectrt::cross_attn_core_triton_bwd", mutates_args=())
+@torch.library.custom_op("affectrt::cross_attn_triton_bwd", mutates_args=())
 def _core_triton_bwd(
     qt: Tensor,
     x: Tensor,
@@ -333,39 +333,6 @@ def _eager(q, x, w_k, b_k, w_v, b_v, key_mask, num_heads, split_k=None):
 # ------------------------------------------------------------------------------------------------ backends
 
 
-def _triton_reason() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError as e:
-        return f"triton is not installed ({e})"
-    return None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _triton_gpu_reason() -> str | None:
-    reason = _triton_reason()
-    if reason is None and not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    return reason
-
-
-def _triton_interpret_reason() -> str | None:
-    reason = _triton_reason()
-    if reason is None and not _interpreting():
-        return "runs only under TRITON_INTERPRET=1 (the Triton interpreter, for tests)"
-    return reason
-
-
-def _cuda_available() -> str | None:
-    reason = cuda_ext_reason()
-    if reason is None and not torch.cuda.is_available():
-        return "affectrt._C_cuda is built, but torch sees no CUDA device"
-    return reason
-
-
 def _cuda_limits(inputs: _backends.Inputs) -> list[str]:
     E = inputs["x"].shape[2]
     return (
@@ -376,9 +343,19 @@ def _cuda_limits(inputs: _backends.Inputs) -> list[str]:
 
 
 def _triton_limits(inputs: _backends.Inputs) -> list[str]:
-    E = inputs["x"].shape[2]
-    # whole E-wide rows live in registers: beyond this the kernel would spill heavily
-    return [f"x has width E={E}; the Triton kernel keeps E-wide tiles for E <= 4096"] if E > 4096 else []
+    from affectrt.kernels._launch import DoesNotFit
+    from affectrt.kernels.cross_attn import choose_config
+
+    x = inputs["x"]
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        return [
+            "the Triton interpreter computes tl.dot on bfloat16 operands wrongly (use float16/float32 on CPU)"
+        ]
+    try:  # the kernels' resource model: no configuration fits this width on this GPU
+        choose_config(x.shape[2], x.dtype, x.device, kinds=("fwd", "dq", "dx"))
+    except DoesNotFit as e:
+        return [str(e)]
+    return []
 
 
 _HALF_AND_FLOAT = (torch.float16, torch.bfloat16, torch.float32)
@@ -386,26 +363,24 @@ _backends.register(
     OP,
     [
         _backends.Backend(
-            "cuda", ("cuda",), _NATIVE_DTYPES, has_backward=False, available=_cuda_available, run=_native,
+            "cuda", ("cuda",), _NATIVE_DTYPES, has_backward=False,
+            available=_backends.cuda_ext_available("cross_attn"), run=_native,
             supports=_cuda_limits, about="affectrt._C_cuda, absorbed K/V, split keys + log-sum-exp combine",
         ),
         _backends.Backend(
-            "triton", ("cuda",), _HALF_AND_FLOAT, has_backward=True, available=_triton_gpu_reason,
+            "triton", _backends.triton_devices(), _HALF_AND_FLOAT, has_backward=True,
+            available=_backends.triton_reason,
             run=_triton, supports=_triton_limits,
             about="affectrt.kernels.cross_attn, absorbed K/V, flash-decoding forward, recomputing backward",
         ),
         _backends.Backend(
-            "cpu", ("cpu",), _NATIVE_DTYPES, has_backward=False, available=cpu_ext_reason, run=_native,
+            "cpu", ("cpu",), _NATIVE_DTYPES, has_backward=False,
+            available=_backends.cpu_ext_available("cross_attn"), run=_native,
             about="affectrt._C, absorbed K/V, OpenMP over (batch, key split), online softmax",
         ),
         _backends.Backend(
             "eager", ("cpu", "cuda"), (*_HALF_AND_FLOAT, torch.float64), has_backward=True,
-            available=lambda: None, run=_eager, about="plain PyTorch reference (K, V, scores materialised)",
-        ),
-        _backends.Backend(
-            "triton_interpret", ("cpu",), (torch.float16, torch.float32), has_backward=True,
-            available=_triton_interpret_reason, run=_triton,
-            about="the Triton kernels on CPU tensors under TRITON_INTERPRET=1 (tests; never chosen by auto)",
+            available=_backends.always, run=_eager, about="plain PyTorch reference (K, V, scores materialised)",
         ),
     ],
 )  # fmt: skip
@@ -426,19 +401,20 @@ def cross_attn(
     """softmax(q Kᵀ/√d + mask) V per head, K/V = x W_{k,v}ᵀ + b_{k,v}; see the module docstring.
 
     q [B, Nq, H], x [B, Nk, E], w_k / w_v [H, E], b_k / b_v [H], key_mask [B, Nk] (nonzero = attend) or None
-    -> [B, Nq, H] in q's dtype. ``backend``: "auto", "cuda", "triton", "cpu", "eager" or
-    "triton_interpret"; an explicit backend that cannot run the inputs raises
+    -> [B, Nq, H] in q's dtype. ``backend``: "auto", "cuda", "triton", "cpu" or "eager"; an explicit backend that cannot run the inputs raises
     :class:`affectrt.ops._backends.BackendError` saying why. ``split_k``: key splits of the fused kernels
     (None: enough programs to fill the device).
     """
     _check_inputs(q, x, w_k, b_k, w_v, b_v, key_mask, num_heads)
-    chosen = _backends.select(
+    inputs = {"q": q, "x": x, "w_k": w_k, "b_k": b_k, "w_v": w_v, "b_v": b_v}
+    needs_grad = _backends.needs_grad(q, x, w_k, b_k, w_v, b_v)
+    return _backends.dispatch(
         OP,
-        {"q": q, "x": x, "w_k": w_k, "b_k": b_k, "w_v": w_v, "b_v": b_v},
+        inputs,
         backend,
-        needs_grad=_backends.needs_grad(q, x, w_k, b_k, w_v, b_v),
+        needs_grad,
+        lambda b: b.run(q, x, w_k, b_k, w_v, b_v, key_mask, num_heads, split_k),
     )
-    return chosen.run(q, x, w_k, b_k, w_v, b_v, key_mask, num_heads, split_k)
 
 
 class CrossAttention(nn.Module):

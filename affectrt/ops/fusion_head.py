@@ -21,8 +21,8 @@ Backends (DESIGN §3), in "auto" order:
 - ``cpu``: ``affectrt._C`` (csrc/fusion_head_cpu.cpp), one OpenMP region; forward only, folded gate.
 - ``eager``: :func:`fusion_head_ref`, plain differentiable PyTorch.
 
-The native and Triton forwards run through the ``affectrt::fusion_head_fwd`` /
-``affectrt::fusion_head_fwd_into`` torch.library ops (the latter writes the rows of a preallocated
+The native and Triton forwards run through the torch.library ops ``affectrt::fusion_head_native`` and
+``affectrt::fusion_head_triton`` (and their ``*_into`` forms, which write the rows of a preallocated
 ``inputs_embeds`` in place), so ``torch.compile`` / ``torch.export`` see one op.
 """
 
@@ -33,9 +33,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from affectrt.kernels._weights import FusedWeights
 from affectrt.ops import _backends
-from affectrt.ops._ext import DTYPE_CODES, cpu_ext, cpu_ext_reason, cuda_ext, cuda_ext_reason
-from affectrt.ops.attn_pool import select_backend, triton_devices, triton_reason
+from affectrt.ops._ext import DTYPE_CODES, cpu_ext, cuda_ext
 
 OP = "fusion_head"
 ROWS = ("multi", "audio", "video")  # the order of out[:, j]
@@ -65,6 +65,11 @@ class FusionHeadWeights(NamedTuple):
     gate_b2: Tensor  # [2]
     multi_proj_w: Tensor  # [D, dm]    multi_llama_proj.weight
     multi_proj_b: Tensor  # [D]
+
+    def folded(self, gate: tuple[Tensor, Tensor]) -> list[Tensor]:
+        """The 16 tensors of the kernels' folded form (``FusedWeights`` order): W1, b1, W2, b2 -> (W_g, b_g)."""
+        keep = [getattr(self, n) for n in self._fields if not n.startswith("gate_")]
+        return [*keep[:12], gate[0], gate[1], *keep[12:]]
 
 
 def fold_gate(w: FusionHeadWeights) -> tuple[Tensor, Tensor]:
@@ -203,23 +208,20 @@ def _check_out(out: Tensor, rows: Tensor | None, B: int, D: int, z: Tensor) -> T
 # -------------------------------------------------------------------------------- fused forward launchers
 
 
-def _native_launch(
-    z_video: Tensor, z_audio: Tensor, weights: list[Tensor], out: Tensor, rows: Tensor
-) -> None:
-    wva, bva, Wv, cv, waa, baa, Wa, ca, Wmv, bmv, Wma, bma, Wg, bg, Wmp, bmp = weights
+def _native_launch(z_video: Tensor, z_audio: Tensor, w: FusedWeights, out: Tensor, rows: Tensor) -> None:
     B, Tv, dv = z_video.shape
     Ta, da = z_audio.shape[1:]
-    D, dm = Wmp.shape
+    D, dm = w.multi_proj_w.shape
     if B == 0:
         return
     # float32 scratch: pooled and mean vectors [B, 2dv+2da], u [B, 2dm], z_f [B, dm]
     work = torch.empty(B * (2 * dv + 2 * da + 3 * dm), dtype=torch.float32, device=z_video.device)
-    ptrs = [t.data_ptr() for t in (z_video, z_audio, *weights, out, rows, work)]
+    ptrs = [t.data_ptr() for t in (z_video, z_audio, *w, out, rows, work)]  # csrc/fusion_head_bind.h order
     dims = [B, Tv, Ta, dv, da, dm, D]
     strides = [
-        *z_video.stride(), *z_audio.stride(), wva.stride(-1), waa.stride(-1),
-        *Wv.stride(), *Wa.stride(), *Wmv.stride(), *Wma.stride(), *Wg.stride(), *Wmp.stride(),
-        *out.stride(),
+        *z_video.stride(), *z_audio.stride(), w.video_att_w.stride(-1), w.audio_att_w.stride(-1),
+        *w.video_proj_w.stride(), *w.audio_proj_w.stride(), *w.multi_video_w.stride(),
+        *w.multi_audio_w.stride(), *w.gate_w.stride(), *w.multi_proj_w.stride(), *out.stride(),
     ]  # fmt: skip
     args = (ptrs, dims, strides, DTYPE_CODES[z_video.dtype])
     if z_video.device.type == "cuda":
@@ -229,55 +231,76 @@ def _native_launch(
         cpu_ext().fusion_head(*args)
 
 
-def _triton_launch(
-    z_video: Tensor, z_audio: Tensor, weights: list[Tensor], out: Tensor, rows: Tensor
-) -> None:
+def _kernel_weights(weights: list[Tensor]) -> FusedWeights:
+    """The kernels' form: vectors ([d], [1, d], biases) flat and contiguous; matrices with a unit stride."""
+    flat = [t.reshape(-1).contiguous() if t.dim() < 2 or t.shape[0] == 1 else t for t in weights]
+    return FusedWeights(
+        *(t if t.dim() == 1 or t.stride(-1) == 1 or t.stride(0) == 1 else t.contiguous() for t in flat)
+    )
+
+
+def _triton_launch(z_video: Tensor, z_audio: Tensor, w: FusedWeights, out: Tensor, rows: Tensor) -> None:
     from affectrt.kernels.fusion_head import fusion_head_forward
 
-    fusion_head_forward(z_video, z_audio, weights, out, rows)
+    fusion_head_forward(z_video, z_audio, w, out, rows)
 
 
-def _launch(z_video, z_audio, weights, out, rows, backend: str) -> None:
-    weights = [t.reshape(-1).contiguous() if t.dim() < 2 or t.shape[0] == 1 else t for t in weights]
-    weights = [
-        t if t.dim() == 1 or t.stride(-1) == 1 or t.stride(0) == 1 else t.contiguous() for t in weights
-    ]
-    if backend == "triton":
-        _triton_launch(z_video, z_audio, weights, out, rows)
-    elif backend in ("cuda", "cpu"):
-        _native_launch(z_video, z_audio, weights, out, rows)
-    else:
-        raise ValueError(f"fusion_head_fwd: backend must be 'cuda', 'triton' or 'cpu', got {backend!r}")
-
-
-@torch.library.custom_op("affectrt::fusion_head_fwd", mutates_args=())
-def _fusion_head_fwd(z_video: Tensor, z_audio: Tensor, weights: list[Tensor], backend: str) -> Tensor:
-    """Forward of the fused head with the folded gate (16 weights): a new [B, 3, D] tensor."""
-    B, D = z_video.shape[0], weights[2].shape[0]
+def _new_out(z_video: Tensor, weights: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """A fresh out [B, 3, D] and the identity rows [B, 3]."""
+    B, D = z_video.shape[0], FusedWeights(*weights).video_proj_w.shape[0]
     out = torch.empty((B, 3, D), dtype=z_video.dtype, device=z_video.device)
-    rows = torch.arange(3, device=z_video.device).expand(B, 3).contiguous()
-    _launch(z_video, z_audio, weights, out, rows, backend)
+    return out, torch.arange(3, device=z_video.device).expand(B, 3).contiguous()
+
+
+# The torch.library ops, one pair per kernel family (the same names as every op: <op>_native for the C++ /
+# CUDA extension by the tensors' device, <op>_triton for the Triton kernels); *_into writes the rows of a
+# preallocated out [B, L, D] in place. Weights: the 16 tensors of the folded form (``FusedWeights`` order).
+
+
+@torch.library.custom_op("affectrt::fusion_head_native", mutates_args=())
+def _fusion_head_native(z_video: Tensor, z_audio: Tensor, weights: list[Tensor]) -> Tensor:
+    """The C++ (CPU) or CUDA kernel, folded gate: a new [B, 3, D]."""
+    out, rows = _new_out(z_video, weights)
+    _native_launch(z_video, z_audio, _kernel_weights(weights), out, rows)
     return out
 
 
-@_fusion_head_fwd.register_fake
-def _(z_video: Tensor, z_audio: Tensor, weights: list[Tensor], backend: str) -> Tensor:
-    return z_video.new_empty((z_video.shape[0], 3, weights[2].shape[0]))
-
-
-@torch.library.custom_op("affectrt::fusion_head_fwd_into", mutates_args=("out",))
-def _fusion_head_fwd_into(
-    z_video: Tensor, z_audio: Tensor, weights: list[Tensor], out: Tensor, rows: Tensor, backend: str
+@torch.library.custom_op("affectrt::fusion_head_native_into", mutates_args=("out",))
+def _fusion_head_native_into(
+    z_video: Tensor, z_audio: Tensor, weights: list[Tensor], out: Tensor, rows: Tensor
 ) -> None:
-    """As ``fusion_head_fwd`` but writes out[b, rows[b, j], :] of a preallocated out [B, L, D]."""
-    _launch(z_video, z_audio, weights, out, rows, backend)
+    """As ``fusion_head_native`` into out[b, rows[b, j], :]."""
+    _native_launch(z_video, z_audio, _kernel_weights(weights), out, rows)
 
 
-@_fusion_head_fwd_into.register_fake
-def _(
-    z_video: Tensor, z_audio: Tensor, weights: list[Tensor], out: Tensor, rows: Tensor, backend: str
+@torch.library.custom_op("affectrt::fusion_head_triton", mutates_args=())
+def _fusion_head_triton(z_video: Tensor, z_audio: Tensor, weights: list[Tensor]) -> Tensor:
+    """The Triton kernels (two launches), folded gate: a new [B, 3, D]."""
+    out, rows = _new_out(z_video, weights)
+    _triton_launch(z_video, z_audio, _kernel_weights(weights), out, rows)
+    return out
+
+
+@torch.library.custom_op("affectrt::fusion_head_triton_into", mutates_args=("out",))
+def _fusion_head_triton_into(
+    z_video: Tensor, z_audio: Tensor, weights: list[Tensor], out: Tensor, rows: Tensor
 ) -> None:
-    return None
+    """As ``fusion_head_triton`` into out[b, rows[b, j], :]."""
+    _triton_launch(z_video, z_audio, _kernel_weights(weights), out, rows)
+
+
+for _op in (_fusion_head_native, _fusion_head_triton):
+
+    @_op.register_fake
+    def _(z_video: Tensor, z_audio: Tensor, weights: list[Tensor]) -> Tensor:
+        return z_video.new_empty((z_video.shape[0], 3, FusedWeights(*weights).video_proj_w.shape[0]))
+
+
+for _op in (_fusion_head_native_into, _fusion_head_triton_into):
+
+    @_op.register_fake
+    def _(z_video: Tensor, z_audio: Tensor, weights: list[Tensor], out: Tensor, rows: Tensor) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------------------- training (Triton)
@@ -293,20 +316,21 @@ class _FusionHeadTriton(torch.autograd.Function):
         from affectrt.kernels.fusion_head import fusion_head_forward
 
         w = FusionHeadWeights(*weights)
-        kw = [t.reshape(-1).contiguous() if t.dim() < 2 or t.shape[0] == 1 else t for t in weights]
         B, D = z_video.shape[0], w.video_proj_w.shape[0]
         dm = w.multi_proj_w.shape[1]
         out = torch.empty((B, 3, D), dtype=z_video.dtype, device=z_video.device)
         rows = torch.arange(3, device=z_video.device).expand(B, 3).contiguous()
         acc = torch.float64 if z_video.dtype == torch.float64 else torch.float32
-        # Launch 1 writes u (and H_a, H_v); the unfolded gate runs between the launches.
-        folded_shape = [*kw[:12], kw[0].new_zeros(2, 2 * dm), kw[0].new_zeros(2), *kw[16:]]
+        # Launch 1 writes u (and H_a, H_v); the unfolded gate runs between the launches, so the folded
+        # gate the kernel would read is a placeholder.
+        unused = (w.gate_w2.new_zeros(2, 2 * dm), w.gate_w2.new_zeros(2))
+        kernel_w = _kernel_weights(w.folded(unused))
 
         def gate(u: Tensor) -> Tensor:  # unfolded: W2 (W1 u + b1) + b2
             h = u @ w.gate_w1.to(acc).T + w.gate_b1.to(acc)
             return h @ w.gate_w2.to(acc).T + w.gate_b2.to(acc)
 
-        u, g = fusion_head_forward(z_video, z_audio, folded_shape, out, rows, gate_fn=gate)
+        u, g = fusion_head_forward(z_video, z_audio, kernel_w, out, rows, gate_fn=gate)
         if any(ctx.needs_input_grad):
             ctx.save_for_backward(z_video, z_audio, u, g, *weights)
         return out
@@ -324,8 +348,7 @@ class _FusionHeadTriton(torch.autograd.Function):
 
 
 def _folded_weights(w: FusionHeadWeights, folded_gate: tuple[Tensor, Tensor] | None) -> list[Tensor]:
-    wg, bg = folded_gate if folded_gate is not None else fold_gate(w)
-    return [*w[:12], wg, bg, *w[16:]]
+    return w.folded(folded_gate if folded_gate is not None else fold_gate(w))
 
 
 def _scatter_rows(res: Tensor, out: Tensor | None, rows: Tensor | None) -> Tensor:
@@ -335,7 +358,11 @@ def _scatter_rows(res: Tensor, out: Tensor | None, rows: Tensor | None) -> Tenso
     return out
 
 
-def _fused_runner(name: str):
+def _fused_runner(kind: str):
+    """``run`` of the ``cuda``/``cpu`` (kind "native") and ``triton`` backends."""
+    fwd = getattr(torch.ops.affectrt, f"fusion_head_{kind}")
+    fwd_into = getattr(torch.ops.affectrt, f"fusion_head_{kind}_into")
+
     def run(z_video, z_audio, w, folded_gate, out, rows, needs_grad):
         if needs_grad:  # only "triton" gets here: the others declare no backward
             if out is not None:
@@ -345,8 +372,8 @@ def _fused_runner(name: str):
             return _FusionHeadTriton.apply(z_video, z_audio, *w)
         weights = _folded_weights(w, folded_gate)
         if out is None:
-            return torch.ops.affectrt.fusion_head_fwd(z_video, z_audio, weights, name)
-        torch.ops.affectrt.fusion_head_fwd_into(z_video, z_audio, weights, out, rows, name)
+            return fwd(z_video, z_audio, weights)
+        fwd_into(z_video, z_audio, weights, out, rows)
         return out
 
     return run
@@ -362,25 +389,11 @@ def _eager(z_video, z_audio, w, folded_gate, out, rows, needs_grad):
     return _scatter_rows(fusion_head_ref(z_video, z_audio, w, folded_gate), out, rows)
 
 
-def _cuda_available() -> str | None:
-    reason = cuda_ext_reason()
-    if reason is None and not torch.cuda.is_available():
-        return "affectrt._C_cuda is built, but torch sees no CUDA device"
-    if reason is None and not hasattr(cuda_ext(), "fusion_head"):
-        return "affectrt._C_cuda has no fusion_head: rebuild it (pip install -e .)"
-    return reason
-
-
-def _cpu_available() -> str | None:
-    reason = cpu_ext_reason()
-    if reason is None and not hasattr(cpu_ext(), "fusion_head"):
-        return "affectrt._C has no fusion_head: rebuild it (pip install -e .)"
-    return reason
-
-
 def _triton_limits(inputs: _backends.Inputs) -> list[str]:
     t = max(inputs["z_video"].shape[1], inputs["z_audio"].shape[1])
-    if t > MAX_T_TRITON:
+    if (
+        t > MAX_T_TRITON
+    ):  # the kernels' own check (kernels.fusion_head.choose_config), without importing triton
         return [
             f"T={t} time steps; the Triton kernel keeps at most {MAX_T_TRITON} scores per row in registers"
         ]
@@ -395,16 +408,16 @@ _backends.register(
             ("cuda",),
             _NATIVE_DTYPES,
             has_backward=False,
-            available=_cuda_available,
-            run=_fused_runner("cuda"),
+            available=_backends.cuda_ext_available("fusion_head"),
+            run=_fused_runner("native"),
             about="affectrt._C_cuda: 3 launches (pool, 4 GEMVs, gate + output GEMV), folded gate",
         ),
         _backends.Backend(
             "triton",
-            triton_devices(),
+            _backends.triton_devices(),
             _ALL_DTYPES,
             has_backward=True,
-            available=triton_reason,
+            available=_backends.triton_reason,
             run=_fused_runner("triton"),
             supports=_triton_limits,
             about="Triton, 2 launches; backward = torch GEMMs + attn_pool Triton kernels",
@@ -414,8 +427,8 @@ _backends.register(
             ("cpu",),
             _NATIVE_DTYPES,
             has_backward=False,
-            available=_cpu_available,
-            run=_fused_runner("cpu"),
+            available=_backends.cpu_ext_available("fusion_head"),
+            run=_fused_runner("native"),
             about="affectrt._C: one OpenMP region, each weight read once, folded gate",
         ),
         _backends.Backend(
@@ -423,7 +436,7 @@ _backends.register(
             ("cpu", "cuda"),
             _ALL_DTYPES,
             has_backward=True,
-            available=lambda: None,
+            available=_backends.always,
             run=_eager,
             about="plain PyTorch reference (fusion_head_ref), differentiable",
         ),
@@ -460,5 +473,45 @@ def fusion_head(
     elif rows is not None:
         raise ValueError("fusion_head: rows= needs out= (the tensor whose rows are written)")
     inputs = {"z_video": z_video, "z_audio": z_audio}
-    chosen = select_backend(OP, inputs, backend, needs_grad=needs_grad)
-    return chosen.run(z_video, z_audio, weights, folded_gate, out, rows, needs_grad)
+    return _backends.dispatch(
+        OP,
+        inputs,
+        backend,
+        needs_grad,
+        lambda b: b.run(z_video, z_audio, weights, folded_gate, out, rows, needs_grad),
+    )
+
+
+class FusedFusionHead(torch.nn.Module):
+    """The op's ``nn.Module``: the 18 parameters of :class:`FusionHeadWeights` (same names) + :func:`fusion_head`.
+
+    forward(z_video [B,Tv,dv], z_audio [B,Ta,da], out=None, rows=None) -> [B,3,D] (multi, audio, video), or
+    ``out`` with its rows written. The folded gate is computed per call when no gradient is needed (one
+    2×dm×2dm matmul); :class:`affectrt.models.fusion.FusionHead`, which keeps the release's module names,
+    caches it.
+    """
+
+    def __init__(self, dv: int, da: int, dm: int, D: int, backend: str = "auto", device=None, dtype=None):
+        super().__init__()
+        shapes = {
+            "video_att_w": (1, dv), "video_att_b": (1,), "video_proj_w": (D, dv), "video_proj_b": (D,),
+            "audio_att_w": (1, da), "audio_att_b": (1,), "audio_proj_w": (D, da), "audio_proj_b": (D,),
+            "multi_video_w": (dm, dv), "multi_video_b": (dm,), "multi_audio_w": (dm, da), "multi_audio_b": (dm,),
+            "gate_w1": (dm, 2 * dm), "gate_b1": (dm,), "gate_w2": (2, dm), "gate_b2": (2,),
+            "multi_proj_w": (D, dm), "multi_proj_b": (D,),
+        }  # fmt: skip
+        for name in FusionHeadWeights._fields:
+            shape = shapes[name]
+            fan_in = shape[-1] if len(shape) == 2 else 1
+            bound = fan_in**-0.5  # nn.Linear's default range
+            t = torch.empty(shape, device=device, dtype=dtype).uniform_(-bound, bound)
+            self.register_parameter(name, torch.nn.Parameter(t))
+        self.backend = backend
+
+    def weights(self) -> FusionHeadWeights:
+        return FusionHeadWeights(*(getattr(self, n) for n in FusionHeadWeights._fields))
+
+    def forward(
+        self, z_video: Tensor, z_audio: Tensor, out: Tensor | None = None, rows: Tensor | None = None
+    ) -> Tensor:
+        return fusion_head(z_video, z_audio, self.weights(), backend=self.backend, out=out, rows=rows)

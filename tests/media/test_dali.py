@@ -125,3 +125,14 @@ def test_gpu_faces(tmp_path):
     (got,) = DaliDecoder("face", 2, "cuda").faces([pick_faces(tmp_path / "f.npy")])
     assert got.is_cuda
     assert (got.cpu().int() - torch.from_numpy(load_faces(tmp_path / "f.npy")).int()).abs().max() <= 1
+
+
+def test_index_past_the_decoded_length_fails_that_clip_only(media):
+    # DALI's default pad_mode pads with black frames; affectrt asks for an error instead, so the loader
+    # decodes that clip with PyAV. The other clip of the batch is unaffected.
+    path = media["vp9"]
+    n = count_frames(path)
+    data = np.fromfile(path, np.uint8)
+    good, bad = DaliDecoder("video", 2, "cpu").frames([data, data], [[0, 1, n - 1], [0, 1, n + 5]])
+    assert isinstance(good, torch.Tensor) and good.shape[0] == 3
+    assert isinstance(bad, Exception)
