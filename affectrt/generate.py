@@ -137,6 +137,9 @@ def _ends_with_stop(out: Tensor, n_done: int, stops: list[Tensor]) -> Tensor:
 
 # ----- the loop -------------------------------------------------------------------------------------------
 
+# Steps between "has every row stopped?" checks, per device type: a check is a host sync on a GPU.
+_STOP_CHECK_EVERY = {"cpu": 1}
+
 
 @torch.inference_mode()
 def generate(
@@ -216,6 +219,11 @@ def generate(
             steps = tqdm(steps, desc="generate", unit="tok")
         except ImportError:
             pass
+    # One device tensor for the position of the token fed next, advanced in place (no host → device copy per
+    # token). On CUDA the loop asks whether every row has stopped only every few steps: each question is a
+    # host sync, and a stopped row just keeps being fed the pad token until then.
+    pos = torch.full((1,), L, dtype=torch.long, device=device)
+    check_every = _STOP_CHECK_EVERY.get(device.type, 8)
     for step in steps:
         scores = process_scores(logits, None if seen is None else seen[:, :V], gen)
         if gen.do_sample:
@@ -229,11 +237,11 @@ def generate(
         stop_now = ~finished & (torch.isin(nxt, eos_t) | _ends_with_stop(out, step + 1, stops))
         lengths = torch.where(stop_now, step + 1, lengths)
         finished |= stop_now
-        if step + 1 == gen.max_new_tokens or bool(finished.all()):
+        if step + 1 == gen.max_new_tokens or ((step + 1) % check_every == 0 and bool(finished.all())):
             break
-        pos = torch.tensor([L + step], device=device)
         logits = model(input_ids=nxt[:, None], attention_mask=mask, kv_cache=cache, cache_position=pos)
         logits = logits[:, -1].float()
+        pos += 1
     if progress and hasattr(steps, "close"):
         steps.close()
     out_list, len_list = out.tolist(), lengths.tolist()

@@ -121,6 +121,21 @@ def test_per_row_stop_on_multi_token_sequence_and_eos(pair, batch):
     assert generate(ours, emb, mask, GenerationConfig(max_new_tokens=0)) == [[], [], []]
 
 
+def test_checking_for_the_end_every_few_steps_changes_nothing(pair, batch, monkeypatch):
+    """On a GPU the loop asks whether all rows stopped only every 8 steps (each ask is a host sync): the rows
+    that stopped keep being fed pad and are cut at their own stop, so the results are the same."""
+    import affectrt.generate as generate_module
+
+    _, ours = pair
+    _, emb, mask = batch
+    free = generate(ours, emb, mask, GenerationConfig(max_new_tokens=NEW))
+    gen = GenerationConfig(max_new_tokens=NEW, eos_token_id=tuple({row[1] for row in free}))
+    every_step = generate(ours, emb, mask, gen)
+    assert max(len(r) for r in every_step) < NEW  # every row stops early
+    monkeypatch.setitem(generate_module._STOP_CHECK_EVERY, "cpu", 8)
+    assert generate(ours, emb, mask, gen) == every_step
+
+
 def test_filters_equal_hf_warpers():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(4, 50, generator=g)
