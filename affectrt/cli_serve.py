@@ -52,9 +52,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-seed", type=int, default=0, help="seed of the random weights (no --model-dir)")
     g.add_argument(
         "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default="float32",
-        help="LLM base-weight dtype (the release: float16 on a GPU); adapters stay float32",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="LLM base-weight dtype; adapters stay float32. auto: the release's float16 on CUDA, float32 on CPU",
     )
     g.add_argument(
         "--merge-lora",
@@ -205,7 +205,12 @@ def load_pipeline(args: argparse.Namespace, variant: str):
     else:
         from affectrt.checkpoint import load_model
 
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+        name = (
+            args.dtype
+            if args.dtype != "auto"
+            else ("float16" if args.device.startswith("cuda") else "float32")
+        )
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
         model, tokenizer = load_model(args.model_dir, args.checkpoint, variant=variant, llm_dtype=dtype)
         if args.checkpoint is None:
             print("affectrt: no --checkpoint: fusion head and LoRA are untrained", file=sys.stderr)
