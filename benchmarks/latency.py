@@ -241,6 +241,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--throughput", type=int, default=0, metavar="N", help="also measure clips/s over N clips"
     )
     ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also run each stage once under torch.profiler per path: profile_<path>.txt (top operators by self "
+        "time, per stage) and profile_<path>.json (a chrome://tracing trace) in --out-dir",
+    )
+    ap.add_argument(
         "--bf16",
         action="store_true",
         help="add a column: affectrt with bf16 autocast encoders + fusion (for CPUs with AMX / AVX512-BF16) "
@@ -278,6 +284,14 @@ def main(argv: list[str] | None = None) -> dict:
     if up is not None:
         paths.append(baseline_stages(up, clip, args.new_tokens))
     measured = measure(paths, device, args.repeats, args.new_tokens)
+    if args.profile:
+        names = (
+            ["affectrt"]
+            + (["affectrt_bf16"] if args.bf16 else [])
+            + (["reference"] if up is not None else [])
+        )
+        for name, fns in zip(names, paths):
+            profile_stages(fns, device, args.out_dir, name)
     ours = measured[0]
     result = {
         **run_metadata(device),
@@ -311,6 +325,30 @@ def main(argv: list[str] | None = None) -> dict:
     chart = write_chart(result, args.out_dir / "latency.png", args.batch)
     print(f"wrote {args.out_dir / 'latency.json'}" + (f" and {chart}" if chart else ""))
     return result
+
+
+def profile_stages(fns: dict, device: torch.device, out_dir: Path, name: str) -> None:
+    """Each stage once under torch.profiler: the top operators by self time per stage, then one trace of all."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    stages = ("decode", "preprocess", "encoders", "fusion", "full")
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = []
+    for stage in stages:
+        with profile(activities=activities) as prof:
+            fns[stage]()
+            sync(device)
+        label = LABELS.get(stage, "LLM prefill + decode")
+        report.append(f"== {label}\n{prof.key_averages().table(sort_by=key, row_limit=15)}")
+    (out_dir / f"profile_{name}.txt").write_text("\n".join(report))
+    with profile(activities=activities) as prof:
+        for stage in stages:
+            with record_function(f"stage: {LABELS.get(stage, 'LLM prefill + decode')}"):
+                fns[stage]()
+                sync(device)
+    prof.export_chrome_trace(str(out_dir / f"profile_{name}.json"))
 
 
 def quiet_third_party() -> None:
