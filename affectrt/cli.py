@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
 
+    from affectrt.train.cli import add_train_parsers
+
+    add_train_parsers(sub)
     return parser
 
 
@@ -192,6 +195,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from affectrt.eval.cli import run_eval
 
         return run_eval(args)
+    if args.command in ("train", "features"):
+        from affectrt.train.cli import run_features, run_train
+
+        return run_train(args) if args.command == "train" else run_features(args)
     return 1
 
 

@@ -11,8 +11,10 @@ such; later steps still run):
    DALI loader on the GPU, CUDA greedy generation = CPU greedy (tiny Qwen2), TensorRT engines when
    ``tensorrt`` is installed.
 2. ``kernels``: ``benchmarks/kernels.py --device cuda``: median time, GB/s and % of the HBM roofline of
-   every fused op (PERFORMANCE.md targets 8 and 9).
-3. ``latency``: ``benchmarks/latency.py --device cuda`` when present (targets 10 and 11 where measurable).
+   every fused op (the memory-roofline targets of the fused ops).
+3. ``latency``: ``benchmarks/latency.py --device cuda``: end to end and per stage against the reference.
+4. ``train``: ``benchmarks/train.py --device cuda``: a cached-feature training step against re-encoding, and
+   training samples/s at the released sizes.
 
 It installs nothing: whatever is missing in the environment (triton, DALI, onnxruntime-gpu, tensorrt) shows
 up as skipped tests with their reasons. Output: ``DIR/gpu_check.json`` (every step's command, return code,
@@ -34,8 +36,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-STEPS = ("tests", "kernels", "latency")
-SHARES = {"tests": 0.55, "kernels": 0.25, "latency": 0.20}  # of the budget
+STEPS = ("tests", "kernels", "latency", "train")
+SHARES = {"tests": 0.45, "kernels": 0.2, "latency": 0.2, "train": 0.15}  # of the budget
 
 
 def _device() -> dict:
@@ -110,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "kernels": [py, "benchmarks/kernels.py", "--device", "cuda", "--repeats", "20", "--json-out", str(kernels_json)],
         "latency": [py, "benchmarks/latency.py", "--device", "cuda"],
+        "train": [py, "benchmarks/train.py", "--device", "cuda", "--repeats", "5", "--batches", "3", "16", "32"],
     }  # fmt: skip
     for step in STEPS:
-        if step in skip or (step == "latency" and not (HERE / "latency.py").exists()):
+        if step in skip or (step in ("latency", "train") and not (HERE / f"{step}.py").exists()):
             continue
         if step != "tests" and not cuda:
             report["steps"].append({"step": step, "command": " ".join(commands[step]), "rc": "skipped", "seconds": 0,

@@ -26,18 +26,21 @@ class AffectGPT(nn.Module):
     names), ``llm`` (Qwen2.5, LoRA applied when ``cfg.lora`` is set).
     """
 
-    def __init__(self, cfg: AffectGPTConfig, with_lora: bool = True) -> None:
+    def __init__(self, cfg: AffectGPTConfig, with_lora: bool = True, with_encoders: bool = True) -> None:
+        """``with_encoders=False`` builds the fusion head and LLM only (``visual_encoder`` and
+        ``acoustic_encoder`` are None): for training or evaluation on cached encoder features."""
         super().__init__()
         self.cfg = cfg
-        self.visual_encoder = CLIPVisionEncoder(cfg.vision)
-        self.acoustic_encoder = HubertEncoder(cfg.audio)
+        self.visual_encoder = CLIPVisionEncoder(cfg.vision) if with_encoders else None
+        self.acoustic_encoder = HubertEncoder(cfg.audio) if with_encoders else None
         self.fusion = FusionHead(cfg)
         self.llm = Qwen2ForCausalLM(cfg.llm)
         self.has_lora = False
         if with_lora:
             self.add_lora()
-        for p in (*self.visual_encoder.parameters(), *self.acoustic_encoder.parameters()):
-            p.requires_grad_(False)
+        if with_encoders:
+            for p in (*self.visual_encoder.parameters(), *self.acoustic_encoder.parameters()):
+                p.requires_grad_(False)
 
     def add_lora(self) -> None:
         """Wrap the LLM's projections with LoRA adapters (after its base weights are loaded)."""
@@ -51,15 +54,24 @@ class AffectGPT(nn.Module):
 
     def encode_video(self, pixels: Tensor) -> Tensor:
         """CLIP image embeds of every frame: [B, T, 3, H, W] (normalised) -> Z_v [B, T, d_v]."""
+        self._need_encoders()
         b, t = pixels.shape[:2]
         feats = _encode_unique(self.visual_encoder, pixels.flatten(0, 1).to(self._dtype(self.visual_encoder)))
         return feats.view(b, t, -1)
 
     def encode_audio(self, windows: Tensor) -> Tensor:
         """HuBERT features of every window: [B, T, S] (jointly normalised) -> Z_a [B, T, d_a]."""
+        self._need_encoders()
         b, t = windows.shape[:2]
         flat = windows.flatten(0, 1).to(self._dtype(self.acoustic_encoder))
         return _encode_unique(self.acoustic_encoder.pooled, flat).view(b, t, -1)
+
+    def _need_encoders(self) -> None:
+        if self.visual_encoder is None or self.acoustic_encoder is None:
+            raise RuntimeError(
+                "AffectGPT was built without encoder weights (with_encoders=False): it takes cached features "
+                "Z_v/Z_a; build it with the CLIP and HuBERT folders to encode media"
+            )
 
     def multimodal_embeddings(self, z_video: Tensor, z_audio: Tensor) -> dict[str, Tensor]:
         """The fusion head's LLM embeddings keyed by placeholder token: each [B, K, D]."""
@@ -105,20 +117,57 @@ class AffectGPT(nn.Module):
         self.fusion.forward_fused(z_video.to(compute), z_audio.to(compute), out=embeds, rows=rows)
         return embeds
 
-    def loss(
+    def training_logits(
         self, batch: TokenBatch, z_video: Tensor, z_audio: Tensor, placeholder_ids: dict[str, int]
     ) -> Tensor:
-        """The release's training loss: token-mean causal-LM cross-entropy over the whole batch."""
+        """Logits [B, L, V] of a right-padded training batch, as the release computes them at every position.
+
+        Positions are HF's ``arange`` 0..L-1 for every row and the mask is causal ∧ key-not-padding, so
+        padding queries (and the final eos, which equals pad) attend to the real tokens before them but not
+        to themselves (:func:`~affectrt.models.qwen2.training_attention_mask`). Real positions get the same
+        values as with the inference rule; padding positions get the release's values.
+        """
+        from affectrt.models.qwen2 import training_attention_mask
+
         feats = self.multimodal_embeddings(z_video, z_audio)
         embeds = self.inputs_embeds(batch.input_ids, feats, placeholder_ids)
-        logits = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask)
-        shift_logits = logits[:, :-1].float()
-        shift_labels = batch.labels[:, 1:].to(logits.device)
-        return nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]),
-            shift_labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-        )
+        mask = training_attention_mask(batch.attention_mask.to(embeds.device))
+        return self.llm(inputs_embeds=embeds, attention_mask=mask)
+
+    def loss(
+        self,
+        batch: TokenBatch,
+        z_video: Tensor,
+        z_audio: Tensor,
+        placeholder_ids: dict[str, int],
+        reduction: str = "mean",
+    ) -> Tensor:
+        """The release's training loss: causal-LM cross-entropy over the labelled tokens of the whole batch.
+
+        ``reduction="mean"``: the token mean over the batch (the release's value); ``"sum"``: the token sum,
+        for callers that divide by a token count gathered over several ranks or micro-batches.
+        """
+        from affectrt.models.qwen2 import training_attention_mask
+
+        feats = self.multimodal_embeddings(z_video, z_audio)
+        embeds = self.inputs_embeds(batch.input_ids, feats, placeholder_ids)
+        pad = batch.attention_mask.to(embeds.device)
+        if bool((pad[:, 1:] & ~pad[:, :-1]).any()):  # not right-padded: the explicit release mask
+            hidden = self.llm.forward_hidden(
+                inputs_embeds=embeds, attention_mask=training_attention_mask(pad)
+            )
+        else:
+            # Right-padded rows: a real query's keys (0..q) are all real, so the release mask equals plain
+            # causal attention at every position the loss reads; only padding queries (never read) differ.
+            # Plain causal runs the faster causal kernels (no [B,1,L,L] mask).
+            hidden = self.llm.forward_hidden(inputs_embeds=embeds)
+        # Only positions whose next token is labelled enter the loss: project just those rows to the
+        # vocabulary (the same logits there; for a 152k vocabulary this skips most of the head's work and
+        # memory, since the prompt is most of each row).
+        shift_labels = batch.labels[:, 1:].to(hidden.device)
+        keep = shift_labels != IGNORE_INDEX
+        logits = self.llm.logits_from_hidden(hidden[:, :-1][keep]).float()
+        return nn.functional.cross_entropy(logits, shift_labels[keep], reduction=reduction)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The tensors a checkpoint stores: every parameter that requires grad (fusion + LoRA)."""

@@ -177,6 +177,20 @@ class Qwen2DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def training_attention_mask(padding_mask: Tensor) -> Tensor:
+    """The release's training mask for a right-padded batch: [B, L] (1 = real) -> bool [B, 1, L, L].
+
+    allowed[b, q, k] = k <= q and padding_mask[b, k], as Hugging Face builds it for a training forward (with
+    ``arange`` positions): a masked query (padding, or the final eos, which equals the pad id) attends to the
+    real tokens before it but not to itself. Every row keeps at least its first (bos) key, so no softmax row
+    is empty.
+    """
+    L = padding_mask.shape[1]
+    keys = torch.arange(L, device=padding_mask.device)
+    causal = keys[None, :] <= keys[:, None]
+    return (causal[None] & padding_mask.to(torch.bool)[:, None, :])[:, None]
+
+
 class Qwen2ForCausalLM(nn.Module):
     """Qwen2 LM: ``embed_tokens`` → ``layers`` → ``norm`` → ``lm_head`` (shares ``embed_tokens`` if tied)."""
 
@@ -218,6 +232,8 @@ class Qwen2ForCausalLM(nn.Module):
         - ``kv_cache``: the new keys/values are written at ``cache_position`` (default 0..L-1, i.e. a
           prefill) and the queries attend over all cached slots.
         - ``position_ids`` [B, L]: default (cumsum(mask) - 1)[:, cache_position], or cache_position.
+        - A 4-D boolean ``attention_mask`` [B, 1, L, L] (True = attend) is used as given, without a cache
+          (the training forward's right-padding mask, :func:`training_attention_mask`).
         Without cache and mask the attention is plain causal (training on unpadded rows).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -226,13 +242,20 @@ class Qwen2ForCausalLM(nn.Module):
         B, L, _ = x.shape
         if cache_position is None:
             cache_position = torch.arange(L, device=x.device)
+        full_mask = attention_mask is not None and attention_mask.dim() == 4
+        if full_mask and kv_cache is not None:
+            raise ValueError("Qwen2ForCausalLM: a 4-D attention_mask cannot be combined with a kv_cache")
         if position_ids is None:
-            if attention_mask is not None:
+            if full_mask:
+                position_ids = cache_position[None].expand(B, -1)
+            elif attention_mask is not None:
                 pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
                 position_ids = pos[:, cache_position]
             else:
                 position_ids = cache_position[None].expand(B, -1)
-        if kv_cache is None and attention_mask is None:
+        if full_mask:
+            mask = attention_mask.to(device=x.device, dtype=torch.bool)
+        elif kv_cache is None and attention_mask is None:
             mask = None
         else:
             num_keys = kv_cache.max_len if kv_cache is not None else L
