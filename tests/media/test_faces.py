@@ -60,5 +60,5 @@ def test_missing_and_corrupt(tmp_path):
     with pytest.raises(MediaError, match="not found"):
         load_faces(tmp_path / "none.npy")
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    with pytest.raises(MediaError, match="readable"):
+    with pytest.raises(MediaError, match="not a .npy array"):
         load_faces(tmp_path / "junk.npy")
