@@ -202,10 +202,6 @@ def test_resume_after_interruption_and_bad_clip(
     assert _answers(d2 / "untrained.npz")["sample_00000003"] == ""
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    __import__("os").environ.get("AFFECTRT_RUN_SLOW") != "1", reason="spawns 2 processes; AFFECTRT_RUN_SLOW=1"
-)
 def test_torchrun_equals_single_process(full_run, tmp_path, bench_root, tiny_judge_dir, checkpoints):
     import subprocess
     import sys
