@@ -147,3 +147,20 @@ def test_export_prints_results_on_stdout_and_progress_on_stderr(capsys, tmp_path
     captured = capsys.readouterr()
     assert captured.out.split() == [str(out / "fusion.onnx")]
     assert "wrote" in captured.err and "RANDOM" in captured.err
+
+
+def test_ctrl_c_keeps_results_and_says_how_to_resume(capsys, clip_path, tmp_path, monkeypatch):
+    import affectrt.pipeline as pipeline
+
+    def interrupted(pipe, clips, out_path, **kwargs):
+        with open(out_path, "a") as f:
+            f.write(json.dumps({"name": clips[0].name, "answer": "calm", "error": None}) + "\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_batch_job", interrupted)
+    listing = tmp_path / "clips.csv"
+    listing.write_text(f"name,video\na,{clip_path}\nb,{clip_path}\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["batch", str(listing), "--out", str(out), "--max-new-tokens", "2"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; 1 result(s) kept in {out}; rerun to resume" in err and "Traceback" not in err
