@@ -31,10 +31,17 @@ def add_export_parser(subparsers) -> None:
         "--model-dir", default=None, help="folder with the vision/ and audio/ HF folders (and llm/)"
     )
     p.add_argument("--checkpoint", default=None, help="AffectGPT .pth (release) or affectrt .safetensors")
-    p.add_argument("--variant", choices=("face", "frame"), default="face")
+    p.add_argument(
+        "--variant", choices=("face", "frame"), default="face", help="face (OpenFace) or frame model"
+    )
     p.add_argument("--preset", default="tiny", help="preset for random weights without --model-dir")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights without --model-dir")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="dtype of the exported pieces",
+    )
     p.add_argument(
         "--pieces", default="vision,audio,fusion", help="comma-separated subset of vision,audio,fusion"
     )

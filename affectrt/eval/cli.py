@@ -64,7 +64,7 @@ def add_eval_parser(subparsers) -> None:
     )
     g.add_argument("--preset", default="tiny", help="preset for random weights without --model-dir")
     g.add_argument("--seed", type=int, default=0, help="seed of random weights and of sampling")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     g.add_argument(
         "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="LLM weights"
     )
@@ -87,9 +87,16 @@ def add_eval_parser(subparsers) -> None:
         default="sample",
         help="the release's sampling (T 0.7, top-p 0.8, rep. 1.05) or deterministic greedy",
     )
-    g.add_argument("--judge-batch-size", type=int, default=8)
-    g.add_argument("--judge-max-new-tokens", type=int, default=512)
-    g.add_argument("--judge-dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
+    g.add_argument("--judge-batch-size", type=int, default=8, help="judge prompts per batch (the release: 8)")
+    g.add_argument(
+        "--judge-max-new-tokens", type=int, default=512, help="judge tokens at most (the release: 512)"
+    )
+    g.add_argument(
+        "--judge-dtype",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="judge weights dtype (auto: as stored)",
+    )
     g = p.add_argument_group("scoring")
     g.add_argument("--score-only", action="store_true", help="score answers already produced (no AffectGPT)")
     g.add_argument("--results-root", default=None, help="folder with results-<dataset>/ (default --out)")

@@ -113,7 +113,7 @@ def add_train_parsers(sub) -> None:
     f.add_argument("--batch-size", type=int, default=8, help="clips per encoder call")
     f.add_argument("--device", default=None, help="override the recipe's device")
     f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
-    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_train(args: argparse.Namespace) -> int:
