@@ -113,3 +113,19 @@ def test_misleading_advice_is_never_relayed(files, tmp_path):
     with pytest.raises(WeightsError) as e:
         trainable_tensors(files["notes.txt"])
     assert "weights_only" not in str(e.value) and "notes.txt" in str(e.value)
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from affectrt.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{name} {'/'.join(act.option_strings) or act.dest}"
+        for name, command in sub.choices.items()
+        for act in command._actions
+        if not act.help and act.dest != "help"
+    ]
+    assert not missing, missing
