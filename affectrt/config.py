@@ -267,10 +267,46 @@ def _small() -> AffectGPTConfig:
     )
 
 
+def _medium() -> AffectGPTConfig:
+    """An LLM that behaves like the real one on a CPU: 0.4 B parameters (1.5 GB in fp32), several times a
+    server CPU's last-level cache, so decoding is bound by memory bandwidth as the 7B model's is (``small``
+    fits in cache and measures overheads instead)."""
+    return AffectGPTConfig(
+        name="medium",
+        vision=CLIPVisionConfig(
+            hidden_size=512, intermediate_size=2048, num_layers=8, num_heads=8, projection_dim=384
+        ),
+        audio=HubertConfig(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_layers=8,
+            num_heads=8,
+            conv_dim=(256,) * 7,
+            num_conv_pos_embeddings=64,
+            num_conv_pos_embedding_groups=16,
+        ),
+        llm=Qwen2Config(
+            vocab_size=32768,
+            hidden_size=1536,
+            intermediate_size=4096,
+            num_layers=12,
+            num_heads=12,
+            num_kv_heads=2,
+            max_position_embeddings=4096,
+        ),
+        lora=LoRAConfig(r=16, alpha=32),
+        fusion=FusionConfig(
+            qformer=QFormerConfig(hidden_size=256, num_layers=2, num_heads=4, intermediate_size=1024)
+        ),
+        visual_input="frame",
+    )
+
+
 PRESETS = {
     "affectgpt-7b-face": lambda: AffectGPTConfig(name="affectgpt-7b-face", visual_input="face"),
     "affectgpt-7b-frame": lambda: AffectGPTConfig(name="affectgpt-7b-frame", visual_input="frame"),
     "small": _small,
+    "medium": _medium,
     "tiny": _tiny,
 }
 
