@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from affectrt._atomic import fsync_replace
 from affectrt.config import AffectGPTConfig
 
 log = logging.getLogger("affectrt.features")
@@ -224,7 +225,7 @@ class FeatureCache:
         final = self.root / "shards" / f"{uuid.uuid4().hex}.safetensors"
         tmp = final.with_name(f".{final.stem}.tmp")
         save_file(tensors, str(tmp), metadata={"format": f"affectrt-features-{CACHE_FORMAT}"})
-        _fsync_rename(tmp, final)
+        fsync_replace(tmp, final)
         for key in items:
             self._index[key] = final
         self._seen.add(final)
@@ -248,28 +249,11 @@ class FeatureCache:
         return out
 
 
-def _fsync_rename(tmp: Path, final: Path) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    try:
-        dfd = os.open(final.parent, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-    _fsync_rename(tmp, path)
+    fsync_replace(tmp, path)
 
 
 def media_files(sample, visual_input: str) -> list[Path]:

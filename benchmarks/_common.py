@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import platform
 import subprocess
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each option's default after its help."""
 
 
 def sync(device: torch.device) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_metadata, sync  # noqa: E402
+from _common import HelpFormatter, run_metadata, sync  # noqa: E402
 from latency import prepare_models, quiet_third_party  # noqa: E402
 
 from affectrt.generate import GenerationConfig, generate  # noqa: E402
@@ -44,9 +44,7 @@ def left_padded_batch(embed: torch.nn.Module, batch: int, lengths: tuple[int, in
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(
         description=__doc__,
-        formatter_class=type(
-            "Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}
-        ),
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("--preset", default="small", help="model size (random weights)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_clip, make_wav, run_metadata  # noqa: E402
+from _common import HelpFormatter, make_clip, make_wav, run_metadata  # noqa: E402
 
 from affectrt.checkpoint import load_model  # noqa: E402
 from affectrt.config import get_preset  # noqa: E402
@@ -38,9 +38,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(
         description=__doc__,
-        formatter_class=type(
-            "Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}
-        ),
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("--preset", default="small", help="model size (random weights)")
     ap.add_argument("--variant", choices=("frame", "face"), default="frame", help="frames or OpenFace faces")

@@ -23,24 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from affectrt._atomic import fsync_replace
 from affectrt.checkpoint import RELEASE_LLM_PREFIX
-
-
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    try:
-        dfd = os.open(final.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> Path:
@@ -53,7 +37,7 @@ def atomic_save(obj: object, path: str | os.PathLike) -> Path:
     with open(tmp, "wb") as f:
         f.write(buf.getbuffer())
         f.flush()
-    _fsync_replace(tmp, path)
+    fsync_replace(tmp, path)
     return path
 
 
@@ -112,5 +96,5 @@ def save_final(trainable: dict[str, Tensor], cfg, path: str | os.PathLike) -> Pa
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     meta = {"format": "affectrt", "config": json.dumps(config_to_dict(cfg))}
     save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp), metadata=meta)
-    _fsync_replace(tmp, path)
+    fsync_replace(tmp, path)
     return path

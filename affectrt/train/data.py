@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from affectrt.config import AffectGPTConfig
+from affectrt.text.labels import string_to_list
 from affectrt.text.prompts import DESCRIPTION_QUESTION, OVLABEL_QUESTION, build_prompt, ovlabel_answer
 from affectrt.text.tokenizer import STOP_STRING, Tokenizer
 
@@ -54,26 +55,6 @@ class TrainSample:
     video: Path
     audio: Path
     face: Path
-
-
-def string_to_list(value: object) -> list[str]:
-    """The release's ``string_to_list``: ``"[happy, 'sad']"`` -> ``['happy', 'sad']``.
-
-    A list passes through; ``""`` / None -> ``[]``; else drop one leading ``[`` and one trailing ``]``, split
-    on every ``'``, ``"`` and ``,``, strip the pieces and drop empty ones (no lower-casing, no de-duplication).
-    """
-    if isinstance(value, list):
-        return value
-    if value is None or value == "":
-        return []
-    text = str(value)
-    if text.startswith("["):
-        text = text[1:]
-    if text.endswith("]"):
-        text = text[:-1]
-    for ch in ("'", '"'):
-        text = text.replace(ch, ",")
-    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
