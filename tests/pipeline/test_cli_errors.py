@@ -96,7 +96,10 @@ def test_version_and_help_show_defaults():
 
     assert affectrt("--version").stdout.strip() == f"affectrt {__version__}"
     help_text = affectrt("infer", "--help").stdout
-    assert "(default: 64)" in help_text and "{affectgpt-7b-face,affectgpt-7b-frame,medium,small,tiny}" in help_text
+    assert (
+        "(default: 64)" in help_text
+        and "{affectgpt-7b-face,affectgpt-7b-frame,medium,small,tiny}" in help_text
+    )
 
 
 def test_misleading_advice_is_never_relayed(files, tmp_path):
