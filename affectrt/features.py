@@ -291,9 +291,7 @@ def compute_features(
 
     samples = list(samples)
     pipe = AffectGPTPipeline(model, None, device=device, autocast=autocast)
-    dtype = "float16" if pipe.autocast else str(next(model.fusion.parameters()).dtype).removeprefix("torch.")
-    settings = feature_settings(model.cfg, dtype)
-    weights = _encoder_weights_hash(model)
+    settings, weights = pipeline_feature_key(pipe)
     report = FeatureReport(settings_id=cache.write_manifest(settings, weights, {"clips": len(samples)}))
     bar = None
     if progress:
@@ -358,6 +356,15 @@ def compute_features(
             "features: %d clip(s) skipped (see %s)", len(report.failed), cache.root / "failures.jsonl"
         )
     return report
+
+
+def pipeline_feature_key(pipe) -> tuple[dict, str]:
+    """(settings, encoder weights hash) that key the features ``pipe`` computes: what :func:`compute_features`
+    writes and evaluation reads, so both find each other's features."""
+    dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(pipe.precision)
+    if dtype is None:
+        dtype = str(next(pipe.model.fusion.parameters()).dtype).removeprefix("torch.")
+    return feature_settings(pipe.model.cfg, dtype), _encoder_weights_hash(pipe.model)
 
 
 def _encoder_weights_hash(model) -> str:

@@ -69,6 +69,12 @@ def add_eval_parser(subparsers) -> None:
         "--dtype", choices=("float32", "float16", "bfloat16"), default="float32", help="LLM weights"
     )
     g.add_argument("--batch-size", type=int, default=8, help="clips per batch")
+    g.add_argument(
+        "--feature-cache",
+        default=None,
+        help="the frozen encoders' feature cache (as `affectrt features` writes it): clips found there are not "
+        "encoded again, and the ones encoded are added (other checkpoints or reruns then skip the encoders)",
+    )
     g.add_argument("--max-new-tokens", type=int, default=1200, help="answer length cap (the release: 1200)")
     g.add_argument(
         "--sample",
@@ -171,7 +177,14 @@ def _answer(args: argparse.Namespace, datasets: list, shard) -> None:
         return apply
 
     checkpoints = [Checkpoint(checkpoint_stem(p), applier(checkpoint_stem(p))) for p in paths]
-    failed = answer_datasets(pipe, datasets, checkpoints, args.out, args.run, gen, shard, args.batch_size)
+    cache = None
+    if args.feature_cache:
+        from affectrt.features import FeatureCache
+
+        cache = FeatureCache(args.feature_cache)
+    failed = answer_datasets(
+        pipe, datasets, checkpoints, args.out, args.run, gen, shard, args.batch_size, cache=cache
+    )
     for (key, stem), n in failed.items():
         if n:
             print(f'affectrt: {key} / {stem}: {n} clips failed (answered "")', file=sys.stderr)

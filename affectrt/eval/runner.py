@@ -95,15 +95,38 @@ Features = dict[str, tuple["torch.Tensor", "torch.Tensor"]]
 
 
 def encode_clips(
-    pipe: AffectGPTPipeline, samples: Sequence[Sample], batch_size: int = 8, progress: bool = True
+    pipe: AffectGPTPipeline,
+    samples: Sequence[Sample],
+    batch_size: int = 8,
+    progress: bool = True,
+    cache=None,
 ) -> tuple[Features, dict[str, str]]:
     """Z_v, Z_a of each clip (kept on the pipeline's device), and name -> reason for clips that failed.
 
     The frozen encoders do not depend on the checkpoint, so each clip is encoded once per run and its
-    features serve every checkpoint (MediaLoader: batched decode prefetched in worker threads).
+    features serve every checkpoint (MediaLoader: batched decode prefetched in worker threads). With a
+    :class:`~affectrt.features.FeatureCache` (``affectrt eval --feature-cache``, or the folder ``affectrt
+    features`` filled) clips already there are read instead, and the ones encoded here are added, so a later
+    run (other checkpoints, a rerun) never encodes them again.
     """
     from affectrt.media.loader import MediaLoader
     from affectrt.pipeline import Batch
+
+    feats: Features = {}
+    keys: dict[str, str] = {}
+    if cache is not None:
+        from affectrt.features import media_files, pipeline_feature_key
+
+        settings, weights = pipeline_feature_key(pipe)
+        cache.write_manifest(settings, weights)
+        for s in samples:
+            try:
+                keys[s.name] = cache.key(media_files(s, pipe.cfg.visual_input), settings, weights)
+            except OSError:
+                continue  # unreadable media: the loader below records why
+            if keys[s.name] in cache:
+                feats[s.name] = tuple(t.to(pipe.device) for t in cache.get(keys[s.name]))
+        samples = [s for s in samples if s.name not in feats]
 
     loader = MediaLoader(
         clips_for(samples),
@@ -112,8 +135,8 @@ def encode_clips(
         device=pipe.device,
         media=pipe.cfg.media,
     )
-    feats: Features = {}
     errors: dict[str, str] = {}
+    new: dict[str, tuple] = {}
     bar = _bar(progress, len(samples), "encode")
     for mb in loader:
         for f in mb.failures:
@@ -122,10 +145,14 @@ def encode_clips(
             z_v, z_a = pipe.encode(Batch(pixels=mb.pixels, audio=mb.audio, subtitles=list(mb.subtitles)))
             for row, i in enumerate(mb.indices):
                 feats[samples[i].name] = (z_v[row], z_a[row])
+                if samples[i].name in keys:
+                    new[keys[samples[i].name]] = (z_v[row], z_a[row])
         if bar is not None:
             bar.update(len(mb) + len(mb.failures))
     if bar is not None:
         bar.close()
+    if cache is not None:
+        cache.put(new)
     return feats, errors
 
 
@@ -202,6 +229,7 @@ def answer_datasets(
     shard: Shard = Shard(),
     batch_size: int = 8,
     progress: bool = True,
+    cache=None,
 ) -> dict[tuple[str, str], int]:
     """Answer every (checkpoint, dataset) pair still open; returns (dataset, stem) -> failed clips.
 
@@ -223,7 +251,8 @@ def answer_datasets(
         if needed:
             if progress:
                 print(f"affectrt: {spec.title}: {len(needed)} clips to encode", file=sys.stderr)
-            feats, errors = encode_clips(pipe, [s for s in samples if s.name in needed], batch_size, progress)
+            needed_samples = [s for s in samples if s.name in needed]
+            feats, errors = encode_clips(pipe, needed_samples, batch_size, progress, cache)
         for ck in checkpoints:
             if ck.stem in todo:
                 ck.apply()

@@ -229,3 +229,26 @@ def test_torchrun_equals_single_process(full_run, tmp_path, bench_root, tiny_jud
             np.load(ref / "checkpoint_000030-openset.npz") as b,
         ):
             assert list(a["fileitems"]) == list(b["fileitems"])
+
+
+def test_feature_cache_spares_the_encoders_on_the_next_run(
+    full_run, tmp_path, bench_root, tiny_judge_dir, checkpoints, monkeypatch
+):
+    import affectrt.pipeline as pipeline
+
+    cache = tmp_path / "features"
+    first = tmp_path / "first"
+    extra = ("--datasets", "mer2023", "--checkpoint", checkpoints[0], "--feature-cache", str(cache))
+    assert main(_argv(bench_root, first, tiny_judge_dir, *extra)) == 0
+    assert list((cache / "shards").glob("*.safetensors"))
+
+    def no_encoders(self, batch):
+        raise AssertionError("the encoders ran although the cache holds every clip")
+
+    monkeypatch.setattr(pipeline.AffectGPTPipeline, "encode", no_encoders)
+    second = tmp_path / "second"
+    assert main(_argv(bench_root, second, tiny_judge_dir, *extra)) == 0
+    stem = "checkpoint_000030"
+    a = _answers(first / "results-mer2023" / "affectrt" / f"{stem}.npz")
+    b = _answers(second / "results-mer2023" / "affectrt" / f"{stem}.npz")
+    assert a == b == _answers(full_run / "results-mer2023" / "affectrt" / f"{stem}.npz")
