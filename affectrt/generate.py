@@ -204,6 +204,7 @@ def generate(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     lengths = torch.full((B,), gen.max_new_tokens, dtype=torch.long, device=device)
 
+    cache.length = L
     h = model.forward_hidden(
         inputs_embeds=inputs_embeds,
         attention_mask=mask,
@@ -239,6 +240,7 @@ def generate(
         finished |= stop_now
         if step + 1 == gen.max_new_tokens or ((step + 1) % check_every == 0 and bool(finished.all())):
             break
+        cache.length = L + step + 1  # the slots filled once this token is written: a host int, no sync
         logits = model(input_ids=nxt[:, None], attention_mask=mask, kv_cache=cache, cache_position=pos)
         logits = logits[:, -1].float()
         pos += 1

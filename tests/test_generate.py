@@ -136,6 +136,27 @@ def test_checking_for_the_end_every_few_steps_changes_nothing(pair, batch, monke
     assert generate(ours, emb, mask, gen) == every_step
 
 
+def test_decode_attends_only_over_the_filled_slots(pair, batch, monkeypatch):
+    """With NaN in every slot not yet written, the answers are unchanged: attention never reads past the
+    filled prefix (reading a masked NaN slot would still give NaN, since 0 · NaN = NaN)."""
+    from affectrt.models.kv_cache import StaticKVCache
+
+    _, ours = pair
+    _, emb, mask = batch
+    gen = GenerationConfig(max_new_tokens=NEW)
+    clean = generate(ours, emb, mask, gen)
+    real = StaticKVCache.for_model
+
+    def poisoned(model, batch_size, max_len):
+        cache = real(model, batch_size, max_len)
+        cache.k.fill_(float("nan"))
+        cache.v.fill_(float("nan"))
+        return cache
+
+    monkeypatch.setattr(StaticKVCache, "for_model", staticmethod(poisoned))
+    assert generate(ours, emb, mask, gen) == clean
+
+
 def test_filters_equal_hf_warpers():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(4, 50, generator=g)

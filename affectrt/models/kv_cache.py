@@ -32,6 +32,10 @@ class StaticKVCache:
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Slots attended: 0 .. length-1 (None: all). The decode loop knows on the host how many slots are
+        # filled, so attention reads only those instead of the whole cache (with the release's 1200 new
+        # tokens most of the cache is empty for most of the answer).
+        self.length: int | None = None
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, batch_size: int, max_len: int) -> StaticKVCache:
@@ -48,15 +52,21 @@ class StaticKVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    @property
+    def attend_len(self) -> int:
+        """The number of slots attention reads: ``length`` when set, else ``max_len``."""
+        return self.max_len if self.length is None else self.length
+
     def update(self, layer: int, cache_position: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write ``k``, ``v`` [B, kv_heads, L, head_dim] at slots ``cache_position`` [L] of ``layer``.
 
-        Returns the layer's whole cache (all ``max_len`` slots) to attend over.
+        Returns the layer's first ``attend_len`` slots to attend over (views, no copy).
         """
         kc, vc = self.k[layer], self.v[layer]
         kc.index_copy_(2, cache_position, k.to(kc.dtype))
         vc.index_copy_(2, cache_position, v.to(vc.dtype))
-        return kc, vc
+        n = self.attend_len
+        return kc[:, :, :n], vc[:, :, :n]
 
     def reset(self) -> None:
         self.k.zero_()

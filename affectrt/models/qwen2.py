@@ -258,7 +258,9 @@ class Qwen2ForCausalLM(nn.Module):
         elif kv_cache is None and attention_mask is None:
             mask = None
         else:
-            num_keys = kv_cache.max_len if kv_cache is not None else L
+            num_keys = kv_cache.attend_len if kv_cache is not None else L
+            if kv_cache is not None and attention_mask is not None:
+                attention_mask = attention_mask[:, :num_keys]  # later slots are not attended this step
             mask = attention_mask_for_cache(attention_mask, cache_position, num_keys, B)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         for layer in self.layers:
