@@ -358,7 +358,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         return _run(args)
-    except (UsageError, DatasetError, ScoreError, FileNotFoundError, ValueError, KeyError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"affectrt: {msg}", file=sys.stderr)
+    except (UsageError, DatasetError, ScoreError, FileNotFoundError) as err:
+        # a bug (any other exception) keeps its traceback; the CLI's own handler reports model/media mistakes
+        print(f"affectrt: {err}", file=sys.stderr)
         return 2
