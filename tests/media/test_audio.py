@@ -230,3 +230,13 @@ def test_memory_does_not_hold_the_decoded_source(tmp_path):
     assert grown_mb < 0.4 * decoded_mb, (
         f"peak RSS grew by {grown_mb:.0f} MB (decoded source: {decoded_mb:.0f} MB)"
     )
+
+
+@pytest.mark.parametrize("name", ["mono16k", "stereo44k", "surround48k", "short"])
+def test_pcm16_wav_fast_path_equals_ffmpeg(media, monkeypatch, name):
+    """Plain 16-bit PCM .wav files skip FFmpeg (the standard library reads them): the same windows."""
+    import affectrt.media.audio as audio
+
+    fast = load_audio_windows(media[name])
+    monkeypatch.setattr(audio, "_pcm16_wav_chunks", lambda path, frames=0: None)
+    assert torch.equal(load_audio_windows(media[name]), fast)
