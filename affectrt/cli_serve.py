@@ -76,6 +76,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="encoders + fusion compute dtype. auto: the release's rule (fp16 autocast on CUDA, fp32 on CPU); "
         "bf16 pays on CPUs with AMX / AVX512-BF16 (`affectrt info` says) and changes numerics slightly",
     )
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the LLM decode step for one-clip batches (~1.5x per token on CPU after ~20 s of "
+        "compilation; pays for long answers or many single clips; needs a C++ compiler on CPU)",
+    )
     g = p.add_argument_group("question and decoding")
     g.add_argument(
         "--question",
@@ -165,6 +171,12 @@ def check_model_args(args: argparse.Namespace) -> None:
                 "emulated and likely slower than fp32",
                 file=sys.stderr,
             )
+    if args.compile:
+        import torch
+
+        from affectrt.compile import check_compiler
+
+        check_compiler(torch.device(args.device))
     if args.question_text is not None and not args.question_text.strip():
         raise UsageError("--question-text", "is empty", "give the question, or drop the option")
 
@@ -224,7 +236,12 @@ def load_pipeline(args: argparse.Namespace, variant: str):
 
         encoders = load_encoders(args.encoders, args.artifacts, model, args.device)
     return AffectGPTPipeline(
-        model, tokenizer, device=args.device, encoders=encoders, precision=args.precision
+        model,
+        tokenizer,
+        device=args.device,
+        encoders=encoders,
+        precision=args.precision,
+        compile_model=args.compile,
     )
 
 

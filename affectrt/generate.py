@@ -16,6 +16,7 @@ The release samples with temperature 1, top-p 0.9, repetition penalty 1.0 and th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -150,6 +151,7 @@ def generate(
     progress: bool = False,
     *,
     input_ids: Tensor | None = None,
+    step: Callable[..., Tensor] | None = None,
 ) -> list[list[int]]:
     """Generate for a left-padded batch; returns each row's generated ids.
 
@@ -159,6 +161,8 @@ def generate(
       ``max_new_tokens`` returns all of them.
     - Repetition penalty counts the generated ids, plus the prompt ids when ``input_ids`` is given
       (what HF does; with ``inputs_embeds`` HF has no prompt ids either).
+    - ``step``: runs each decode step in place of ``model`` (same arguments and logits), e.g. a compiled
+      ``model.forward`` (:func:`affectrt.compile.compiled_decode_step`); the prefill always runs ``model``.
     """
     gen = gen or GenerationConfig()
     if (inputs_embeds is None) == (input_ids is None):
@@ -224,24 +228,25 @@ def generate(
     # token). On CUDA the loop asks whether every row has stopped only every few steps: each question is a
     # host sync, and a stopped row just keeps being fed the pad token until then.
     pos = torch.full((1,), L, dtype=torch.long, device=device)
+    decode_step = model if step is None else step
     check_every = _STOP_CHECK_EVERY.get(device.type, 8)
-    for step in steps:
+    for i in steps:
         scores = process_scores(logits, None if seen is None else seen[:, :V], gen)
         if gen.do_sample:
             nxt = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
         else:
             nxt = scores.argmax(dim=-1)
         nxt = torch.where(finished, pad_id, nxt)
-        out[:, step] = nxt
+        out[:, i] = nxt
         if seen is not None:
             seen.scatter_(1, nxt.clamp(max=V)[:, None], True)
-        stop_now = ~finished & (torch.isin(nxt, eos_t) | _ends_with_stop(out, step + 1, stops))
-        lengths = torch.where(stop_now, step + 1, lengths)
+        stop_now = ~finished & (torch.isin(nxt, eos_t) | _ends_with_stop(out, i + 1, stops))
+        lengths = torch.where(stop_now, i + 1, lengths)
         finished |= stop_now
-        if step + 1 == gen.max_new_tokens or ((step + 1) % check_every == 0 and bool(finished.all())):
+        if i + 1 == gen.max_new_tokens or ((i + 1) % check_every == 0 and bool(finished.all())):
             break
-        cache.length = L + step + 1  # the slots filled once this token is written: a host int, no sync
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, kv_cache=cache, cache_position=pos)
+        cache.length = L + i + 1  # the slots filled once this token is written: a host int, no sync
+        logits = decode_step(input_ids=nxt[:, None], attention_mask=mask, kv_cache=cache, cache_position=pos)
         logits = logits[:, -1].float()
         pos += 1
     if progress and hasattr(steps, "close"):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from affectrt.compile import COMPILED_DECODE_MAX_ROWS, check_compiler, compiled_decode_step
 from affectrt.generate import GenerationConfig, generate
 from affectrt.media.preprocess import clip_pixels
 from affectrt.models.affectgpt import AffectGPT
@@ -106,6 +107,7 @@ class AffectGPTPipeline:
         autocast: bool | None = None,
         encoders: object | None = None,
         precision: str = "auto",
+        compile_model: bool = False,
     ) -> None:
         """``precision``: the compute dtype of encoders and fusion head (weights stay float32):
 
@@ -134,6 +136,10 @@ class AffectGPTPipeline:
         if precision not in _AUTOCAST_DTYPES:
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
         self.precision = precision
+        self._decode_step = None
+        if compile_model:
+            check_compiler(self.device)
+            self._decode_step = compiled_decode_step(self.model.llm)
 
     @property
     def autocast(self) -> bool:
@@ -238,7 +244,8 @@ class AffectGPTPipeline:
         keep = RELEASE_MAX_LENGTH - gen.max_new_tokens
         if keep > 0 and embeds.shape[1] > keep:
             embeds, mask = embeds[:, -keep:], mask[:, -keep:]
-        rows = generate(self.model.llm, inputs_embeds=embeds, attention_mask=mask, gen=gen)
+        step = self._decode_step if embeds.shape[0] <= COMPILED_DECODE_MAX_ROWS else None
+        rows = generate(self.model.llm, inputs_embeds=embeds, attention_mask=mask, gen=gen, step=step)
         return [self.decode(r) for r in rows]
 
     def decode(self, ids: Sequence[int]) -> str:

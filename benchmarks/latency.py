@@ -52,6 +52,19 @@ LABELS = {
     "prefill": "LLM prefill",
     "decode/token": "LLM decode/token",
 }
+# Extra affectrt columns: the pipeline options each runs with, and what its column says.
+EXTRAS = {
+    "bf16": {
+        "pipeline": {"precision": "bf16"},
+        "label": "bf16",
+        "note": "affectrt with bf16 autocast encoders + fusion, against the same fp32 reference",
+    },
+    "compile": {
+        "pipeline": {"compile_model": True},
+        "label": "compiled",
+        "note": "affectrt (fp32) with its decode step compiled by torch.compile (batch 1 only)",
+    },
+}
 SPREAD_WARNING = 0.25  # (p80 - p20) / median above this: the machine was busy; the ratio is unreliable
 
 
@@ -149,12 +162,16 @@ def baseline_stages(up, clip: ClipInput, n_new: int):
 
 def measure(
     paths: list[dict], device: torch.device, repeats: int, n_new: int
-) -> list[dict[str, list[float]]]:
-    """Per-stage times of each path, A and B interleaved repeat by repeat so that drift hits both alike."""
+) -> tuple[list[dict[str, list[float]]], list[float]]:
+    """Per-stage times of each path, A and B interleaved repeat by repeat so that drift hits both alike; and
+    each path's warm-up seconds (the first run of every stage)."""
     times = [{s: [] for s in STAGES} for _ in paths]
-    for fns in paths:  # warm-up: JIT, allocator, caches
+    warmup_s = []
+    for fns in paths:  # warm-up: JIT, allocator, caches (and torch.compile's compilation)
+        t0 = time.perf_counter()
         for s in ("decode", "preprocess", "encoders", "fusion", "full"):
             fns[s]()
+        warmup_s.append(time.perf_counter() - t0)
     for _ in range(repeats):
         for fns, t in zip(paths, times):
             for s in ("decode", "preprocess", "encoders", "fusion"):
@@ -164,7 +181,7 @@ def measure(
             full = time_call(fns["full"], device, 1, warmup=0)[0]
             t["prefill"].append(first)
             t["decode/token"].append(max(full - first, 0.0) / n_new)
-    return times
+    return times, warmup_s
 
 
 def end_to_end(stages: dict[str, dict], n_new: int) -> float:
@@ -251,6 +268,12 @@ def main(argv: list[str] | None = None) -> dict:
         "against the same fp32 reference; the main columns stay fp32 vs fp32",
     )
     ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="add a column: affectrt served with torch.compile where it pays (the LLM decode step, batch 1 only), "
+        "fp32; its warm-up time (the compilation) is reported; --throughput then runs this pipeline",
+    )
+    ap.add_argument(
         "--out-dir", type=Path, default=Path("bench_results"), help="latency.json and latency.png"
     )
     args = ap.parse_args(argv)
@@ -276,18 +299,16 @@ def main(argv: list[str] | None = None) -> dict:
         }
         pipe.encoders = serve_encoders(pipe, args.encoders, args.batch)
     paths = [affectrt_stages(pipe, [clip] * args.batch, args.new_tokens)]
-    if args.bf16:
-        pipe16 = AffectGPTPipeline(pipe.model, pipe.tokenizer, device=device, precision="bf16")
-        paths.append(affectrt_stages(pipe16, [clip] * args.batch, args.new_tokens))
+    extras = [key for key in EXTRAS if getattr(args, key)]
+    pipes = {"": pipe}
+    for key in extras:
+        pipes[key] = AffectGPTPipeline(pipe.model, pipe.tokenizer, device=device, **EXTRAS[key]["pipeline"])
+        paths.append(affectrt_stages(pipes[key], [clip] * args.batch, args.new_tokens))
     if up is not None:
         paths.append(baseline_stages(up, clip, args.new_tokens))
-    measured = measure(paths, device, args.repeats, args.new_tokens)
+    measured, warmup_s = measure(paths, device, args.repeats, args.new_tokens)
     if args.profile:
-        names = (
-            ["affectrt"]
-            + (["affectrt_bf16"] if args.bf16 else [])
-            + (["reference"] if up is not None else [])
-        )
+        names = ["affectrt"] + [f"affectrt_{k}" for k in extras] + (["reference"] if up is not None else [])
         for name, fns in zip(names, paths):
             profile_stages(fns, device, args.out_dir, name)
     ours = measured[0]
@@ -305,17 +326,20 @@ def main(argv: list[str] | None = None) -> dict:
         "affectrt_torch_encoders": {k: stats(v) for k, v in torch_rows.items()},
     }
     result["affectrt_end_to_end_ms"] = end_to_end(result["affectrt"], args.new_tokens)
-    if args.bf16:
-        result["affectrt_bf16"] = {k: stats(v) for k, v in measured[1].items()}
-        result["affectrt_bf16_end_to_end_ms"] = end_to_end(result["affectrt_bf16"], args.new_tokens)
+    for i, key in enumerate(extras, start=1):
+        result[f"affectrt_{key}"] = {k: stats(v) for k, v in measured[i].items()}
+        result[f"affectrt_{key}_end_to_end_ms"] = end_to_end(result[f"affectrt_{key}"], args.new_tokens)
+        result[f"affectrt_{key}_warmup_s"] = warmup_s[i]
     if up is not None:
         theirs = measured[-1]
         result["baseline"] = {k: stats(v) for k, v in theirs.items()}
         result["baseline_end_to_end_ms"] = end_to_end(result["baseline"], args.new_tokens)
     if args.throughput:
         result["clips_per_s"] = throughput(
-            pipe, up, [clip] * args.throughput, args.batch, args.new_tokens, device
+            pipes.get("compile", pipe), up, [clip] * args.throughput, args.batch, args.new_tokens, device
         )
+    if device.type == "cpu" and result["precision"] == "fp32":
+        result["bound"] = encoder_bound(pipe, [clip] * args.batch, result)
 
     print_table(result, args, up is not None)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -373,12 +397,11 @@ def print_table(result: dict, args: argparse.Namespace, baseline: bool) -> None:
         f"batch {args.batch}, prompt {result['prompt_tokens']} tokens + {args.new_tokens} new, {result['precision']} "
         f"on both paths, commit {result['commit']}"
     )
-    bf16 = result.get("affectrt_bf16")
+    extras = [(EXTRAS[k], k) for k in EXTRAS if f"affectrt_{k}" in result]
     head = f"{'stage':<18}{'affectrt ms':>12}{'p20-p80':>15}"
     head += f"{'reference ms':>14}{'p20-p80':>15}{'speed-up':>10}" if baseline else ""
-    head += (
-        f"{'bf16 ms':>10}{'bf16 speed-up':>15}" if bf16 and baseline else (f"{'bf16 ms':>10}" if bf16 else "")
-    )
+    for extra, _ in extras:
+        head += f"{extra['label'] + ' ms':>14}" + (f"{extra['label'] + ' speed-up':>18}" if baseline else "")
     print(head)
     noisy = []
     for name in STAGES:
@@ -389,11 +412,11 @@ def print_table(result: dict, args: argparse.Namespace, baseline: bool) -> None:
             b = result["baseline"][name]
             rows.append(b)
             line += f"{b['median_ms']:>14.2f}{_spread(b, 1):>15}{b['median_ms'] * per / max(a['median_ms'], 1e-9):>9.2f}x"
-        if bf16:
-            h = bf16[name]
-            line += f"{h['median_ms'] / per:>10.2f}"
+        for _, key in extras:
+            h = result[f"affectrt_{key}"][name]
+            line += f"{h['median_ms'] / per:>14.2f}"
             if baseline:
-                line += f"{result['baseline'][name]['median_ms'] * per / max(h['median_ms'], 1e-9):>14.2f}x"
+                line += f"{result['baseline'][name]['median_ms'] * per / max(h['median_ms'], 1e-9):>17.2f}x"
         print(line)
         if any((r["p80_ms"] - r["p20_ms"]) > SPREAD_WARNING * r["median_ms"] for r in rows):
             noisy.append(LABELS[name])
@@ -404,20 +427,19 @@ def print_table(result: dict, args: argparse.Namespace, baseline: bool) -> None:
     if baseline:
         e2e = result["baseline_end_to_end_ms"]
         line += f"{e2e:>14.2f}{'':>15}{e2e * per / result['affectrt_end_to_end_ms']:>9.2f}x"
-    if bf16:
-        e16 = result["affectrt_bf16_end_to_end_ms"]
-        line += f"{e16 / per:>10.2f}"
+    for _, key in extras:
+        ex = result[f"affectrt_{key}_end_to_end_ms"]
+        line += f"{ex / per:>14.2f}"
         if baseline:
-            line += f"{result['baseline_end_to_end_ms'] * per / e16:>14.2f}x"
+            line += f"{result['baseline_end_to_end_ms'] * per / ex:>17.2f}x"
     print(line)
     if args.batch > 1:
         print(
             f"(ms per clip: affectrt's batch of {args.batch} divided by {args.batch}; the reference runs one clip)"
         )
-    if bf16:
-        print(
-            "(bf16 columns: affectrt with bf16 autocast encoders + fusion, against the same fp32 reference)"
-        )
+    for extra, key in extras:
+        warm = result[f"affectrt_{key}_warmup_s"]
+        print(f"({extra['label']} columns: {extra['note']}; its warm-up run took {warm:.1f} s)")
     if noisy:
         print(
             f"warning: p20-p80 spread above {SPREAD_WARNING:.0%} of the median in: {', '.join(noisy)}; the machine "
@@ -425,12 +447,66 @@ def print_table(result: dict, args: argparse.Namespace, baseline: bool) -> None:
         )
     if "clips_per_s" in result:
         tp = result["clips_per_s"]
-        msg = f"throughput over {args.throughput} clips: affectrt {tp['affectrt']:.2f} clips/s (batch {args.batch})"
+        who = "affectrt (compiled)" if "affectrt_compile" in result else "affectrt"
+        msg = f"throughput over {args.throughput} clips: {who} {tp['affectrt']:.2f} clips/s (batch {args.batch})"
         if "baseline" in tp:
             msg += (
                 f", reference {tp['baseline']:.2f} clips/s (batch 1): {tp['affectrt'] / tp['baseline']:.2f}x"
             )
         print(msg)
+    if "bound" in result:
+        print_bound(result["bound"], baseline)
+
+
+def encoder_bound(pipe: AffectGPTPipeline, clips: list[ClipInput], result: dict) -> dict:
+    """How far fp32 can go on this CPU: the encoders' FLOPs at the CPU's own measured GEMM rate.
+
+    Counts the FLOPs of one affectrt encode of the batch (``torch.utils.flop_counter``: matmuls, convolutions,
+    attention) and times a large float32 GEMM (``torch.mm``, 2048³, the best case for the BLAS). Every
+    encoder FLOP is a GEMM/convolution FLOP, so no fp32 implementation of the same model encodes a clip in less
+    than FLOPs / rate. With the other stages as measured, the end-to-end ratio is then at most
+    reference / (affectrt − affectrt's encoders + that floor), and at most reference / floor even if every
+    other stage took no time.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = pipe.preprocess([pipe.load_media(c) for c in clips], [c.subtitle for c in clips])
+    with FlopCounterMode(display=False) as counter:
+        pipe.encode(batch)
+    gflop = counter.get_total_flops() / len(clips) / 1e9
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    rates = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2 * 2048**3 / (time.perf_counter() - t0) / 1e9)
+    rate = max(rates)
+    floor_ms = gflop / rate * 1e3
+    per = len(clips)
+    out = {"encoder_gflop_per_clip": gflop, "gemm_gflops": rate, "encoder_floor_ms": floor_ms}
+    if "baseline" in result:
+        ref = result["baseline_end_to_end_ms"]
+        ours = result["affectrt_end_to_end_ms"] / per
+        rest = ours - result["affectrt"]["encoders"]["median_ms"] / per
+        out["max_speedup_other_stages_as_measured"] = ref / (rest + floor_ms)
+        out["max_speedup_other_stages_free"] = ref / floor_ms
+    return out
+
+
+def print_bound(bound: dict, baseline: bool) -> None:
+    msg = (
+        f"fp32 bound: the encoders do {bound['encoder_gflop_per_clip']:.1f} GFLOP per clip; at this CPU's "
+        f"float32 GEMM rate ({bound['gemm_gflops']:.0f} GFLOP/s, torch.mm 2048³) that is >= "
+        f"{bound['encoder_floor_ms']:.1f} ms per clip"
+    )
+    if baseline:
+        msg += (
+            f", so end to end affectrt can be at most {bound['max_speedup_other_stages_as_measured']:.2f}x the "
+            f"reference with its other stages as measured ({bound['max_speedup_other_stages_free']:.2f}x if "
+            "they took no time)"
+        )
+    print(msg)
 
 
 def _spread(row: dict, per: int) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -186,3 +188,34 @@ def test_release_config_and_validation():
         GenerationConfig(top_p=1.5)
     with pytest.raises(ValueError, match="empty"):
         GenerationConfig(stop_sequences=((),))
+
+
+def test_decode_steps_run_the_given_step_function(pair, batch):
+    _, ours = pair
+    _, emb, mask = batch
+    calls = []
+
+    def step(**kw):
+        calls.append(kw["input_ids"].shape)
+        return ours(**kw)
+
+    got = generate(ours, emb, mask, GenerationConfig(max_new_tokens=NEW), step=step)
+    assert got == generate(ours, emb, mask, GenerationConfig(max_new_tokens=NEW))
+    # the prefill runs the model itself; each further token runs the step, one token per row
+    assert calls == [torch.Size([3, 1])] * (NEW - 1)
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+    reason="torch.compile on CPU needs a C++ compiler",
+)
+def test_compiled_decode_step_equals_eager_and_hf(pair, batch):
+    from affectrt.compile import compiled_decode_step
+
+    hf, ours = pair
+    _, emb, mask = batch
+    step = compiled_decode_step(ours)
+    for rows in (slice(0, 1), slice(1, 3)):  # batch 1 and a padded batch of 2: new shapes, one dynamic graph
+        e, m = emb[rows], mask[rows]
+        want = hf_generate(hf, inputs_embeds=e, attention_mask=m, do_sample=False)
+        assert generate(ours, e, m, GenerationConfig(max_new_tokens=NEW), step=step) == want

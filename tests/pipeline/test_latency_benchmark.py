@@ -35,3 +35,10 @@ def test_table_both_spreads_and_files(tmp_path):
     assert "FutureWarning" not in out.stderr and "Loading weights" not in out.stderr
     data = json.loads((tmp_path / "latency.json").read_text())
     assert set(data["affectrt"]) == set(data["baseline"]) and data["device_name"]
+    # the fp32 bound: the encoders' counted FLOPs at the CPU's measured GEMM rate can only be faster than
+    # affectrt's real encoders, so the bound on the end-to-end ratio is at least the measured ratio
+    assert any(line.startswith("fp32 bound: the encoders do") for line in lines)
+    bound = data["bound"]
+    assert bound["encoder_gflop_per_clip"] > 0 and bound["gemm_gflops"] > 0
+    measured = data["baseline_end_to_end_ms"] / data["affectrt_end_to_end_ms"]
+    assert bound["max_speedup_other_stages_free"] >= bound["max_speedup_other_stages_as_measured"] >= measured
