@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from affectrt.ops._backends import backends
-from affectrt.ops.cross_attn import cross_attn, cross_attn_ref
+from affectrt.ops.cross_attn import _BLAS_MIN_ROWS, _BLAS_SCORE_FLOATS, cross_attn, cross_attn_ref
 
 H, HEADS, E, B = 768, 12, 1024, 1
 
@@ -71,6 +71,10 @@ def cases(device: torch.device) -> list[dict]:
             "sdpa": kv + io,  # K, V (the CPU flash kernel keeps scores in tiles)
             "cpu": 4 * (2 * B * r * E + B * splits * r * (E + 2) + _threads() * 32 * E) + io,
         }
+        if r >= _BLAS_MIN_ROWS:  # the BLAS path: q̃, A, the accumulator, and one chunk of scores at most
+            kc = min(nk, max(32, _BLAS_SCORE_FLOATS // r))
+            bc = max(1, min(B, _BLAS_SCORE_FLOATS // (r * kc)))
+            peak["cpu"] = 4 * (3 * B * r * E + bc * r * kc) + io
         out.append(
             {
                 "op": "cross_attn",

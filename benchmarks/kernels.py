@@ -5,7 +5,8 @@ keys: ``peak_bytes`` {impl: bytes} (analytic accounting, used on CPU where no al
 and native scratch together) and ``target`` (the PERFORMANCE.md row). For every case this times the impls
 interleaved (one call of each per round, after a warm-up), so drift on a shared CPU hits all alike, and
 prints median, p20/p80, GB/s of ``bytes``, peak memory, the fraction of HBM bandwidth on a GPU (CUDA
-events) and the time / memory ratios against "eager".
+events) and the time / memory ratios against "eager". On CPU it ends with ``# bound`` lines: the most any
+kernel could reach against eager on this machine, measured in the same run (see _fusion_head_bounds).
 
     python benchmarks/kernels.py [--device cpu|cuda] [--ops cross_attn,...] [--repeats N] [--json-out F]
 """
@@ -96,6 +97,51 @@ def _measure(case: dict, device: torch.device, repeats: int) -> dict:
     return rows
 
 
+def _median_ms(fn, repeats: int = 15) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ts))
+
+
+def _fusion_head_bounds(mod, eager_ms: dict[str, float]) -> list[str]:
+    """What this CPU can do at best for the fusion head (PERFORMANCE target 3), measured now.
+
+    B=1 is a GEMV: every weight is read once, so the floor is their bytes at the rate torch reads the same
+    bytes (``torch.sum`` over them: cache-resident like the benchmark's weights). B=64 is a GEMM: the floor
+    is the folded head's FLOPs (2·B·Σ matrix elements) at MKL's sgemm rate (2048³ ``torch.mm``). Each
+    line gives the eager / floor ratio, the most any kernel could reach against eager on this machine.
+    """
+    head = mod._head(torch.device("cpu"))
+    w = head.fused_weights()
+    names = ("video_proj_w", "audio_proj_w", "multi_video_w", "multi_audio_w", "multi_proj_w")
+    mats = [getattr(w, n) for n in names]  # the five projections (the folded gate is 2 rows: left out)
+    weights = torch.cat([t.detach().reshape(-1) for t in mats])
+    nbytes = weights.numel() * weights.element_size()
+    read_ms = _median_ms(lambda: weights.sum())
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    gflops = 2 * 2048**3 / _median_ms(lambda: a @ b, 5) / 1e6
+    lines = []
+    if "B=1" in eager_ms:
+        e = eager_ms["B=1"]
+        lines.append(
+            f"# bound fusion_head B=1: torch.sum reads the {nbytes / 1e6:.1f} MB of weights in {read_ms:.3f} ms "
+            f"({nbytes / read_ms / 1e6:.1f} GB/s) -> at best {e / read_ms:.2f}x eager ({e:.3f} ms); target 5x"
+        )
+    if "B=64" in eager_ms:
+        e = eager_ms["B=64"]
+        flops = 2 * 64 * weights.numel()
+        floor = flops / gflops / 1e6
+        lines.append(
+            f"# bound fusion_head B=64: {flops / 1e9:.2f} GFLOP at sgemm {gflops:.0f} GFLOP/s (2048^3 torch.mm) "
+            f"= {floor:.3f} ms -> at best {e / floor:.2f}x eager ({e:.3f} ms); target 2x"
+        )
+    return lines
+
+
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
@@ -115,11 +161,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     head = f"{'op':<12} {'shape':<52} {'impl':<8} {'median ms':>10} {'p20-p80':>16} {'GB/s':>7} {'HBM%':>5}"
     print(head + f" {'peak MB':>8} {'x eager':>8} {'mem/eager':>9} target")
+    bounds = []
     for mod in _modules():
+        eager_ms = {}
         for case in mod.cases(device):
             if wanted and case["op"] not in wanted:
                 continue
             rows = _measure(case, device, args.repeats)
+            if "eager" in rows:
+                eager_ms[case["shape"]] = rows["eager"]["median_ms"]
             for name, r in rows.items():
                 peak = None if r["peak_bytes"] is None else r["peak_bytes"] / 1e6
                 hbm = None if r["hbm_fraction"] is None else 100 * r["hbm_fraction"]
@@ -132,6 +182,11 @@ def main(argv: list[str] | None = None) -> dict:
             results["cases"].append(
                 {k: v for k, v in case.items() if k not in ("impls",)} | {"results": rows}
             )
+        if device.type == "cpu" and eager_ms and hasattr(mod, "_head"):  # kbench_fusion_head
+            bounds += _fusion_head_bounds(mod, eager_ms)
+    for line in bounds:
+        print(line)
+    results["bounds"] = bounds
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2, default=str))
     return results

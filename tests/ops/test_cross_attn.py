@@ -236,3 +236,93 @@ def test_triton_declares_what_does_not_fit(monkeypatch):
     q, x, *_ = _inputs(1, 2, 9, torch.float32)
     (reason,) = _triton_limits({"q": q, "x": x})
     assert "no cross_attn Triton configuration fits tiny" in reason
+
+
+# ------------------------------------------------------------------------------ the CPU backend's BLAS path
+
+
+def _scores_ref(qt, x, keep):
+    """m, log l of the absorbed scores s = q̃ xᵀ (padded keys replaced by -1e30), in float64."""
+    s = qt.double() @ x.double().transpose(1, 2)
+    if keep is not None:
+        s = s.masked_fill(keep[:, None, :] == 0, -1e30)
+    m = s.amax(dim=-1)
+    return m, (s - m[..., None]).exp().sum(dim=-1).log()
+
+
+@pytest.fixture
+def blas_path(monkeypatch):
+    """Force the cpu backend's BLAS path at test sizes (R >= 1) with a tiny score budget, so the
+    batch-row and key chunking and the online combine all run; counts the calls to make sure."""
+    from affectrt.ops import cross_attn as ca
+
+    calls = []
+    real = ca._core_blas
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(ca, "_BLAS_MIN_ROWS", 1)
+    monkeypatch.setattr(ca, "_BLAS_SCORE_FLOATS", 64)
+    monkeypatch.setattr(ca, "_core_blas", spy)
+    return calls
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("nq,nk,split_k", [(1, 1, None), (8, 7, None), (3, 33, 2), (8, 100, 3), (5, 70, 9)])
+@pytest.mark.parametrize("mask_kind", [None, "padded"])
+def test_cpu_blas_path_matches_float64_reference(blas_path, dtype, nq, nk, split_k, mask_kind):
+    ins = _inputs(3, nq, nk, dtype, seed=nk)
+    mask = _mask(mask_kind, 3, nk)
+    _check(cross_attn(*ins, mask, HEADS, backend="cpu", split_k=split_k), ins, mask)
+    assert blas_path, "the BLAS path did not run"
+
+
+@needs_cpu_ext
+def test_cpu_blas_path_fully_padded_row_is_mean_of_values(blas_path):
+    q, x, wk, bk, wv, bv = _inputs(2, 3, 70, torch.float32)
+    mask = torch.ones(2, 70, dtype=torch.bool)
+    mask[1] = False
+    want = (x[1:] @ wv.T + bv).mean(dim=1, keepdim=True).expand(1, 3, -1)
+    got = cross_attn(q, x, wk, bk, wv, bv, mask, HEADS, backend="cpu", split_k=3)
+    torch.testing.assert_close(got[1:], want)
+    assert blas_path
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("budget,split_k", [(1 << 21, 0), (64, 0), (64, 4), (1000, 2)])
+def test_cpu_blas_core_returns_kernel_statistics(monkeypatch, budget, split_k):
+    # A, m and log l of _core_blas are those of the C++ kernel (what a backward would need), and m, log l
+    # match the formula, for one step and for batch-row / key chunks with the online combine.
+    from affectrt.ops import cross_attn as ca
+
+    monkeypatch.setattr(ca, "_BLAS_SCORE_FLOATS", budget)
+    g = torch.Generator().manual_seed(3)
+    qt, x = torch.randn(3, 10, E, generator=g), torch.randn(3, 90, E, generator=g)
+    keep = torch.ones(3, 90, dtype=torch.uint8)
+    keep[0, 40:] = 0
+    keep[2] = 0
+    a, m, logl = ca._core_blas(qt, x, keep, split_k)
+    a_k, m_k, logl_k = ca._core_native(qt, x, keep, 2)
+    m_ref, logl_ref = _scores_ref(qt, x, keep)
+    torch.testing.assert_close(m.double(), m_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logl.double(), logl_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, a_k, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m, m_k, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logl, logl_k, rtol=1e-5, atol=1e-5)
+
+
+@needs_cpu_ext
+def test_cpu_picks_blas_by_rows(monkeypatch):
+    from affectrt.ops import cross_attn as ca
+
+    used = []
+    monkeypatch.setattr(ca, "_core_blas", lambda *a: used.append("blas") or ca._core_native(*a))
+    small = _inputs(1, 2, 9, torch.float32)  # R = 4 rows
+    cross_attn(*small, None, HEADS, backend="cpu")
+    assert used == []
+    big = _inputs(1, ca._BLAS_MIN_ROWS // HEADS, 9, torch.float32)  # R = _BLAS_MIN_ROWS
+    cross_attn(*big, None, HEADS, backend="cpu")
+    assert used == ["blas"]

@@ -263,3 +263,40 @@ def test_ops_module_matches_reference():
         )
     head(zv, za).sum().backward()  # "auto" with a gradient: every parameter gets one
     assert all(p.grad is not None for p in head.parameters())
+
+
+# The CPU kernel's GEMM form (csrc/fusion_head_cpu.cpp, B >= kGemmMinB = 8): batch sizes that fill a
+# partial vector (8 of 16), several register tiles with a partial one (21), and more than one 64-column
+# block (70); D, dm not multiples of the 6-row tile; small widths so it runs in a moment.
+GEMM_SHAPES = [(8, 3, 5, 13, 20, 33), (21, 8, 8, 24, 40, 70), (70, 2, 3, 16, 9, 65)]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", GEMM_SHAPES)
+def test_cpu_kernel_gemm_form_matches_float64_reference(shape, dtype):
+    zv, za, w = _make(*shape, dtype=dtype, seed=shape[0])
+    ref = fusion_head_ref(_f64(zv), _f64(za), FusionHeadWeights(*map(_f64, w)))
+    out = fusion_head(zv, za, w, backend="cpu")
+    assert out.dtype == dtype
+    _check("out", out, ref, fusion_head_ref(zv, za, w), 2, dtype)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_gemm_form_writes_rows_and_reads_strides():
+    B, D = 19, 33
+    zv, za, w = _make(B, 8, 8, 13, 20, D, seed=4)
+    zv = zv.transpose(1, 2).contiguous().transpose(1, 2)  # [B,T,d] with d-stride T
+    w = w._replace(
+        video_proj_w=w.video_proj_w.T.contiguous().T,  # column-major: converted row copies
+        multi_proj_w=w.multi_proj_w.T.contiguous().T,
+    )
+    emb = torch.full((B, 10, D), 7.0)
+    rows = torch.randperm(10, generator=torch.Generator().manual_seed(1))[:3].expand(B, 3).contiguous()
+    rows[::2] = rows[::2].flip(-1)
+    assert fusion_head(zv, za, w, backend="cpu", out=emb, rows=rows) is emb
+    ref = fusion_head_ref(zv, za, w, upcast=True)
+    for b in range(B):
+        torch.testing.assert_close(emb[b, rows[b]], ref[b], rtol=1e-5, atol=1e-5)
+        untouched = [i for i in range(10) if i not in rows[b].tolist()]
+        assert (emb[b, untouched] == 7.0).all()
