@@ -20,16 +20,29 @@ between the current position and the next needed frame. On H.264 the decoder als
 frames that are not themselves needed (`_decode_ranks_skipping`: frames picked by pts from the index, every
 decoded frame bit-identical to a full decode); whenever its output disagrees with the index it falls back to
 counting decoded frames. decord is never imported here.
+
+Cost (10 s 720p H.264 pan clip, 2-core Xeon, benchmarks/media.py): opening a file costs ~25 ms
+(avformat_find_stream_info decodes the first frames), so the H.264 path keeps the index pass's packets (up to
+`_KEEP_PACKET_BYTES`) and decodes them from memory in the same container: one open, one demux, a jump to a
+keyframe is a decoder flush. It decodes with slice threads: frame threads delay every output by a frame per
+thread, which a reader that stops at each target and jumps to the next keyframe pays at every jump (skipping
+path measured 265 ms with frame threads, 171 ms with slice threads); and it drains the decoder after the last
+target of each run instead of decoding further frames to push it out. The picked frames share one scaler, so
+swscale is set up once per read instead of once per frame. What is left is the open, and decoding the
+targets and the reference frames they depend on (89 of 250 frames there, the costly I/P ones).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from affectrt.media.errors import MediaError
 from affectrt.media.sampling import sample_indices
@@ -44,6 +57,9 @@ class _Index:
     pts: list[int]  # presentation timestamps in rank order (len == frame count)
     seek_ranks: list[int]  # ranks of keyframes that are safe seek points (closed GOP), ascending
     by_pts: bool = False  # every packet has its own, unique pts: frames can be picked by pts
+    # The packets themselves in decode order, when the index pass was asked to keep them and they fit the
+    # budget (`_index`'s keep_bytes); None otherwise. Seek rank k is packets[k] (a closed-GOP keyframe).
+    packets: list[av.Packet] | None = field(default=None, compare=False, repr=False)
 
     def seek_point(self, rank: int) -> int:
         """The largest safe keyframe rank ≤ rank (0 when none)."""
@@ -73,13 +89,28 @@ def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av
     return container, stream
 
 
-def _index(container: av.container.InputContainer, stream: av.VideoStream, path) -> _Index:
+# Packets `read_frames` keeps in memory from the index pass instead of reopening the file and demuxing it
+# again (64 MiB: minutes of 1080p H.264; longer files take the reopen-and-seek path).
+_KEEP_PACKET_BYTES = 64 << 20
+
+
+def _index(
+    container: av.container.InputContainer, stream: av.VideoStream, path, keep_bytes: int = 0
+) -> _Index:
+    """One pass over the packets (no decoding); keeps them in `_Index.packets` while they total ≤ keep_bytes."""
     packets = []  # (dts order) pts and keyframe flag, as decord's av_read_frame loop records them
+    kept: list[av.Packet] | None = [] if keep_bytes > 0 else None
+    size = 0
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0 and pkt.pts is None:  # PyAV's end-of-stream flush packet, not a file packet
                 continue
             packets.append((pkt.pts, pkt.is_keyframe))
+            size += pkt.size
+            if kept is not None and size > keep_bytes:
+                kept = None  # over budget: drop them; the decoder reopens the file and seeks instead
+            if kept is not None:
+                kept.append(pkt)
     except av.FFmpegError as e:
         raise MediaError(
             path, f"cannot read the video packets ({e})", "the file is corrupt; re-encode it"
@@ -92,7 +123,7 @@ def _index(container: av.container.InputContainer, stream: av.VideoStream, path)
     # A keyframe is a safe seek point when exactly `count` frames precede it in both decode and
     # presentation order (closed GOP); open-GOP leading frames would otherwise shift every index after it.
     seek = [i for i, (p, key) in enumerate(packets) if key and i > 0 and pts[i] == p]
-    return _Index(pts=pts, seek_ranks=seek, by_pts=len(set(pts)) == len(pts))
+    return _Index(pts=pts, seek_ranks=seek, by_pts=len(set(pts)) == len(pts), packets=kept)
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -192,8 +223,24 @@ def _decode_ranks(
 _SKIP_NONREF_CODECS = frozenset({"h264"})
 
 
+def _packets_from(container, stream, index: _Index, key: int) -> Iterator[av.Packet | None]:
+    """The packets from the closed-GOP keyframe at rank `key` on (key 0: the first packet), then None (flush).
+
+    From `index.packets` when the index pass kept them: flushing the decoder is all a demuxer seek does to
+    it, and packet k in decode order is the keyframe at rank k. Otherwise from a keyframe seek in the file.
+    """
+    if index.packets is not None:
+        stream.codec_context.flush_buffers()
+        yield from itertools.islice(index.packets, key, None)
+        yield None
+        return
+    container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
+    for pkt in container.demux(stream):
+        yield None if pkt.size == 0 and pkt.pts is None else pkt  # PyAV's end-of-stream flush packet
+
+
 def _decode_ranks_skipping(
-    container, stream, index: _Index, wanted: list[int]
+    container, stream, index: _Index, wanted: list[int], fed: list[av.Packet | None] | None = None
 ) -> dict[int, av.VideoFrame] | None:
     """`_decode_ranks`'s frames, decoding besides the targets only the frames other frames predict from.
 
@@ -202,28 +249,53 @@ def _decode_ranks_skipping(
     frame that is decoded has the pixels of a full decode; outputs are picked by pts instead of by count.
     Returns None (the caller then decodes plainly) whenever the decoder's output disagrees with the index: a
     seek that lands elsewhere, a frame whose pts is unknown or out of order, a target never output.
+
+    Targets are decoded in runs, each from the keyframe before its first target; a run goes on to the next
+    target unless a keyframe more than `_SEEK_MIN_SKIP` frames past the last one lies at or before it. Once
+    every target of a run is in the decoder, the run is drained (end of stream): the decoder would otherwise
+    hold the last target back for its reordering delay and decode the next reference frames first.
+    Decodes with slice threads (when the decoder is not open yet): frame threads add a frame of delay per
+    thread, which every run would pay again.
+    fed: when given, receives every packet handed to the decoder (None: a drain), the ones it skips as
+    non-reference included; benchmarks/media.py counts from it the frames that were decoded.
     """
     cc = stream.codec_context
+    if not cc.is_open:
+        cc.thread_type = "SLICE"
     rank = {p: r for r, p in enumerate(index.pts)}
     targets = {index.pts[r] for r in wanted}
     todo = list(wanted)  # ascending; outputs come in ascending pts, so todo[0] is always the next one
     out: dict[int, av.VideoFrame] = {}
-    pos = None  # rank just after the last frame output; None before the first decode run
+    pos = None  # rank just after the last frame output; None before the first run
     packets, expect, first = None, 0, True
+    unfed: set[int] = set()  # pts of this run's targets not yet handed to the decoder; empty: start a run
     try:
         while todo:
-            key = index.seek_point(todo[0])
-            if pos is None or key > pos + _SEEK_MIN_SKIP:
+            if not unfed:
+                key = index.seek_point(todo[0])
                 if pos is None and key <= _SEEK_MIN_SKIP:
                     key = 0  # the first frames are cheaper to decode than a seek
-                container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
-                packets, expect, first, pos = container.demux(stream), key, True, key
-            pkt = next(packets, None)
-            if pkt is None:
+                end = 0
+                while (
+                    end + 1 < len(todo) and index.seek_point(todo[end + 1]) <= todo[end] + 1 + _SEEK_MIN_SKIP
+                ):
+                    end += 1
+                last, unfed = todo[end], {index.pts[r] for r in todo[: end + 1]}
+                packets, expect, first, pos = _packets_from(container, stream, index, key), key, True, key
+            pkt = next(packets, False)
+            if pkt is False:
                 return None
-            flush = pkt.size == 0 and pkt.pts is None
-            cc.skip_frame = "DEFAULT" if flush or pkt.pts in targets else "NONREF"
-            for frame in cc.decode(pkt):
+            cc.skip_frame = "DEFAULT" if pkt is None or pkt.pts in targets else "NONREF"
+            if fed is not None:
+                fed.append(pkt)
+            got = cc.decode(pkt)
+            if pkt is not None:
+                unfed.discard(pkt.pts)
+                if not unfed:  # the run's last target is in the decoder: drain instead of decoding on
+                    got += cc.decode(None)
+                    if fed is not None:
+                        fed.append(None)
+            for frame in got:
                 r = rank.get(frame.pts)
                 if r is None or r < expect or (first and r != expect):
                     return None
@@ -232,7 +304,8 @@ def _decode_ranks_skipping(
                     out[todo.pop(0)] = frame
                     if not todo:
                         break
-            if flush and todo:  # the stream ended before a target was output: the plain path knows what to do
+            # Drained (or the stream ended) with a target of the run not output: the plain path knows.
+            if (pkt is None or not unfed) and todo and todo[0] <= last:
                 return None
     finally:
         cc.skip_frame = "DEFAULT"
@@ -244,10 +317,10 @@ def _strip_chroma_location(frame: av.VideoFrame) -> av.VideoFrame:
     clean = av.VideoFrame(frame.width, frame.height, frame.format.name)
     for src, dst in zip(frame.planes, clean.planes):
         a = np.frombuffer(src, np.uint8).reshape(src.height, src.line_size)
-        b = np.zeros((dst.height, dst.line_size), np.uint8)
+        b = np.frombuffer(dst, np.uint8).reshape(dst.height, dst.line_size)  # the new frame's own buffer
         n = min(src.line_size, dst.line_size)
-        b[:, :n] = a[:, :n]
-        dst.update(b)
+        b[:, :n] = a[:, :n]  # one copy, straight into the plane (no staging array, no second copy)
+        b[:, n:] = 0
     clean.color_range = frame.color_range
     clean.colorspace = frame.colorspace
     return clean
@@ -278,32 +351,57 @@ def _rotate(frame: av.VideoFrame, clockwise: int) -> av.VideoFrame:
     return out
 
 
-def _to_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:
-    """[size, size, 3] uint8 RGB: decord's `scale=size:size` (bilinear, aspect ratio not kept) into rgb24."""
+def _to_rgb(frame: av.VideoFrame, size: int, scaler: VideoReformatter | None = None) -> np.ndarray:
+    """[size, size, 3] uint8 RGB: decord's `scale=size:size` (bilinear, aspect ratio not kept) into rgb24.
+
+    scaler: one `VideoReformatter` for all frames of a read (swscale is set up on its first frame and reused
+    while the input stays alike; a new one per frame costs ~0.5 ms of setup). Not shared across threads.
+    One swscale thread: a 224×224 output is too small to split, and loader workers already run in parallel.
+    """
     clockwise = (-int(frame.rotation or 0)) % 360
     frame = _strip_chroma_location(frame)
     if clockwise in (90, 180, 270):
         frame = _rotate(frame, clockwise)
-    return frame.reformat(size, size, format="rgb24", interpolation="BILINEAR").to_ndarray()
+    scaler = scaler or VideoReformatter()
+    return scaler.reformat(
+        frame, size, size, format="rgb24", interpolation="BILINEAR", threads=1
+    ).to_ndarray()
+
+
+def _to_rgb_batch(frames: dict[int, av.VideoFrame], ranks: list[int], size: int) -> np.ndarray:
+    """uint8 [len(ranks), size, size, 3]: each distinct frame converted once, through one scaler."""
+    scaler = VideoReformatter()
+    rgb = {r: _to_rgb(f, size, scaler) for r, f in frames.items()}
+    return np.stack([rgb[r] for r in ranks])
 
 
 def _read(path, pick, size: int) -> np.ndarray:
-    container, stream = open_video(path)
-    with container:
-        index = _index(container, stream, path)
-        codec = stream.codec_context.name
-    n = len(index.pts)
-    indices = pick(n)
-    bad = [i for i in indices if not -n <= i < n]
-    if bad:
-        raise MediaError(path, f"frame indices {bad} out of range for {n} frames", "sample within the clip")
-    ranks = [i % n for i in indices]
-    wanted = sorted(set(ranks))
-    attempts = [lambda c, s: _decode_ranks(c, s, index, wanted, allow_seek=True)]
-    attempts.append(lambda c, s: _decode_ranks(c, s, index, wanted, allow_seek=False))
-    if index.by_pts and codec in _SKIP_NONREF_CODECS:
-        attempts.insert(0, lambda c, s: _decode_ranks_skipping(c, s, index, wanted))
     try:
+        container, stream = open_video(path)
+        with container:
+            index = _index(container, stream, path, keep_bytes=_KEEP_PACKET_BYTES)
+            codec = stream.codec_context.name
+            n = len(index.pts)
+            indices = pick(n)
+            bad = [i for i in indices if not -n <= i < n]
+            if bad:
+                raise MediaError(
+                    path, f"frame indices {bad} out of range for {n} frames", "sample within the clip"
+                )
+            ranks = [i % n for i in indices]
+            wanted = sorted(set(ranks))
+            skipping = index.by_pts and codec in _SKIP_NONREF_CODECS
+            if skipping and index.packets is not None:
+                # The kept packets decode in this container without touching its demuxer again: no second
+                # open (~25 ms of stream probing), no second demux, no seek.
+                frames = _decode_ranks_skipping(container, stream, index, wanted)
+                if frames is not None:
+                    return _to_rgb_batch(frames, ranks, size)
+                skipping = False  # it disagreed with the index: the plain path decodes
+        attempts = [lambda c, s: _decode_ranks(c, s, index, wanted, allow_seek=True)]
+        attempts.append(lambda c, s: _decode_ranks(c, s, index, wanted, allow_seek=False))
+        if skipping:
+            attempts.insert(0, lambda c, s: _decode_ranks_skipping(c, s, index, wanted))
         for k, attempt in enumerate(attempts):
             # Every attempt opens the file afresh: seeking a demuxer back to the start after a full pass fails
             # on some webm files ("Operation not permitted") that a fresh open decodes fine.
@@ -316,8 +414,7 @@ def _read(path, pick, size: int) -> np.ndarray:
                         raise
                     continue
                 if frames is not None:
-                    rgb = {r: _to_rgb(f, size) for r, f in frames.items()}
-                    return np.stack([rgb[r] for r in ranks])
+                    return _to_rgb_batch(frames, ranks, size)
         raise _SeekMiss  # unreachable: the last attempt returns frames or raises
     except _SeekMiss as e:
         raise MediaError(

@@ -166,10 +166,12 @@ def _all_frames(path: str) -> list:
         return list(c.decode(c.streams.video[0]))
 
 
-def _skipping(path: str, wanted: list[int]) -> dict | None:
+def _skipping(path: str, wanted: list[int], keep: bool = False) -> dict | None:
+    """keep: decode from the packets the index pass kept (read_frames' path); else seek in the file."""
     container, stream = video.open_video(path)
     with container:
-        index = video._index(container, stream, path)
+        index = video._index(container, stream, path, keep_bytes=video._KEEP_PACKET_BYTES if keep else 0)
+        assert (index.packets is not None) == keep
         return video._decode_ranks_skipping(container, stream, index, wanted)
 
 
@@ -186,12 +188,13 @@ def test_skipping_path_equals_a_full_decode(bclips, name):
         assert len(list(c.decode(s))) < n and len(b_ranks) > n // 3
     for wanted in (sample_indices(n), b_ranks[::3], b_ranks[1::4] + [0, n - 1], list(range(n))):
         wanted = sorted(set(wanted))
-        got = _skipping(path, wanted)
-        assert got is not None, "the skipping path must not fall back on a well-formed H.264 clip"
-        assert sorted(got) == wanted
-        for r in wanted:
-            assert got[r].pts == full[r].pts
-            np.testing.assert_array_equal(got[r].to_ndarray(), full[r].to_ndarray())
+        for keep in (False, True):
+            got = _skipping(path, wanted, keep)
+            assert got is not None, "the skipping path must not fall back on a well-formed H.264 clip"
+            assert sorted(got) == wanted
+            for r in wanted:
+                assert got[r].pts == full[r].pts
+                np.testing.assert_array_equal(got[r].to_ndarray(), full[r].to_ndarray())
     # through the public reader (skipping path + RGB), against decord and against converting the full decode
     idx = b_ranks[:5] + sample_indices(n)
     ours = video.read_frames_at(path, idx, size=40)
@@ -230,6 +233,55 @@ def test_skipping_path_declines_what_it_cannot_check(media, bclips):
     with container:  # the last target's pts never comes out of the decoder: None, so the plain path decodes
         assert video._decode_ranks_skipping(container, stream, missing, [0, len(index.pts) - 1]) is None
         assert stream.codec_context.skip_frame == "DEFAULT"
+    container, stream = video.open_video(path)
+    with container:  # the same from kept packets
+        kept = video._index(container, stream, path, keep_bytes=video._KEEP_PACKET_BYTES)
+        assert kept.packets is not None and len(kept.packets) == len(index.pts)
+        missing = video._Index(
+            pts=missing.pts, seek_ranks=missing.seek_ranks, by_pts=True, packets=kept.packets
+        )
+        assert video._decode_ranks_skipping(container, stream, missing, [0, len(index.pts) - 1]) is None
+        assert stream.codec_context.skip_frame == "DEFAULT"
+
+
+def _count_opens(monkeypatch) -> list:
+    real, opened = video.open_video, []
+
+    def counting(path):
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(video, "open_video", counting)
+    return opened
+
+
+@pytest.mark.parametrize("budget", [None, 1000])
+def test_h264_is_read_with_one_open_unless_its_packets_exceed_the_budget(bclips, monkeypatch, budget):
+    """H.264 decodes from the index pass's packets (one open, slice threads); over the budget it reopens."""
+    path = bclips["bf_default"]
+    full = _all_frames(path)
+    if budget is not None:
+        monkeypatch.setattr(video, "_KEEP_PACKET_BYTES", budget)
+    opened = _count_opens(monkeypatch)
+    idx = sample_indices(len(full)) + [5, 2]
+    ours = video.read_frames_at(path, idx, size=40)
+    np.testing.assert_array_equal(ours, np.stack([video._to_rgb(full[r], 40) for r in idx]))
+    assert len(opened) == (1 if budget is None else 2)
+
+
+def test_skipping_decodes_with_slice_threads_from_the_keyframe(bclips):
+    """Slice threads (frame threads would delay output past each target); a jump starts at its keyframe."""
+    path = bclips["bf_default"]
+    n = len(_all_frames(path))
+    container, stream = video.open_video(path)
+    with container:
+        index = video._index(container, stream, path, keep_bytes=video._KEEP_PACKET_BYTES)
+        fed: list = []
+        got = video._decode_ranks_skipping(container, stream, index, [n - 1], fed)
+        assert stream.codec_context.thread_type == video.av.codec.context.ThreadType.SLICE
+    key = index.seek_point(n - 1)
+    assert sorted(got) == [n - 1] and key > 0
+    assert fed[0] is index.packets[key] and len(fed) <= n - key + 1
 
 
 class _NoRewind:
