@@ -183,6 +183,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
+    if args.command in ("infer", "batch", "eval", "features"):
+        from affectrt.cpu_alloc import keep_freed_memory
+
+        keep_freed_memory()  # batches re-allocate the same activations: keep them off fresh mmap pages
     if args.command in ("infer", "batch"):
         from affectrt import cli_serve
 
