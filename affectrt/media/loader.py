@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from affectrt.config import MediaConfig
+from affectrt.cpu_threads import serial_torch_in_this_thread
 from affectrt.media.audio import joint_normalize, load_audio_windows
 from affectrt.media.errors import MediaError
 from affectrt.media.faces import load_faces, pick_faces
@@ -188,6 +189,7 @@ class MediaLoader:
             return False
 
         def produce() -> None:
+            serial_torch_in_this_thread()  # keeps the consumer's OpenMP team spinning (affectrt.cpu_threads)
             try:
                 with self._pools() as (threads, decoders):
                     dali = self._dali() if self.backend == "dali" else None
@@ -232,7 +234,11 @@ class MediaLoader:
 
         class _Pools:
             def __enter__(self):
-                self.threads = ThreadPoolExecutor(loader.workers, thread_name_prefix="affectrt-media")
+                self.threads = ThreadPoolExecutor(
+                    loader.workers,
+                    thread_name_prefix="affectrt-media",
+                    initializer=serial_torch_in_this_thread,
+                )
                 self.decoders: Executor = self.threads
                 if loader.executor == "process":
                     ctx = mp.get_context("spawn")  # fork after torch/DALI threads started is unsafe
