@@ -23,8 +23,9 @@ struct FusionHeadArgs {
   const void *Wmv, *bmv, *Wma, *bma;      // [dm, dv], [dm], [dm, da], [dm]
   const void *Wg, *bg, *Wmp, *bmp;        // [2, 2dm], [2], [D, dm], [D]
   void* out;                              // [B, L, D], strides o_*
-  const int64_t* rows;                    // [B, 3] contiguous: row of (multi, audio, video) in L
-  float* work;                            // B * (2dv + 2da + 3dm) floats
+  const int64_t* rows;                    // [B, 3] contiguous: row of (multi, audio, video) in L;
+                                          //   CPU: may be null, rows 0, 1, 2 of L = 3
+  float* work;                            // B * (2dv + 2da + 3dm) floats (CUDA; the CPU has its own)
   int64_t B, Tv, Ta, dv, da, dm, D;
   int64_t zv_sb, zv_st, zv_sd, za_sb, za_st, za_sd, wva_sd, waa_sd;
   int64_t Wv_sn, Wv_sk, Wa_sn, Wa_sk, Wmv_sn, Wmv_sk, Wma_sn, Wma_sk, Wg_sn, Wg_sk, Wmp_sn, Wmp_sk;

@@ -1,11 +1,18 @@
-// CPU launcher for fusion_head.h: one OpenMP region, phases separated by the loops' barriers. Two
-// forms of the projections (phases 2 and 4), chosen by batch size:
-// - B < kGemmMinB (GEMV-shaped, weight-bandwidth-bound): each weight row is read once (converted to
-//   float once when needed) and dotted with every batch row, four at a time.
-// - B >= kGemmMinB (GEMM-shaped, FMA-bound): the inputs are packed transposed, X^T [K, Bp] (Bp = B
-//   rounded up to 16), and an outer-product micro-kernel keeps a [kNR weight rows × up to 64 batch rows]
-//   tile of the result in vector registers: per k one broadcast of each weight element and MV vector
-//   loads of X^T, so every weight element is read once per 64 batch rows and feeds MV FMAs.
+// CPU launcher for fusion_head.h: one OpenMP region, phases separated by barriers. Two forms of the
+// projections (phases 2 and 4), chosen by batch size:
+// - B < kGemmMinB (GEMV-shaped, bound by reading the weights from cache): each thread streams one
+//   contiguous range of weight rows, split by element count (the matrices' K differ), each row read once
+//   with wide loads, independent accumulators and a software prefetch ahead (a plain read of the 48 MB on
+//   the 2-core Xeon: 40 GB/s without, 50 with: the hardware prefetcher alone keeps too few lines in
+//   flight), and dotted with every batch row.
+// - B >= kGemmMinB (GEMM-shaped, FMA-bound): the inputs live transposed, X^T [K, Bp] (Bp = B rounded up
+//   to 16), and an outer-product micro-kernel keeps a [kNR weight rows × up to 64 batch rows] tile of the
+//   result in vector registers: per k one broadcast of each weight element and MV vector loads of X^T, so
+//   every weight element is read once per 64 batch rows and feeds MV FMAs.
+// All scratch (pooled vectors, u, z_f, X^T, per-thread buffers) is one buffer per calling thread, reused
+// across calls: a fresh MB-sized buffer per call pays its page faults every time.
+
+#include <omp.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -23,46 +30,88 @@ namespace {
 #define AFFECTRT_CLONES
 #endif
 
-// o[i] = Σ_k w[k] x_i[k] for four input rows x_i = x + i * x_stride.
-AFFECTRT_CLONES void dot4(const float* w, const float* x, int64_t x_stride, int64_t K, float* o) {
-  const float *x0 = x, *x1 = x + x_stride, *x2 = x + 2 * x_stride, *x3 = x + 3 * x_stride;
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-  for (int64_t k = 0; k < K; ++k) {
-    const float wk = w[k];
-    a0 += wk * x0[k];
-    a1 += wk * x1[k];
-    a2 += wk * x2[k];
-    a3 += wk * x3[k];
-  }
-  o[0] = a0, o[1] = a1, o[2] = a2, o[3] = a3;
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // vectors are passed only inside always-inlined helpers
+#endif
+
+#define AI __attribute__((always_inline)) inline
+
+// From B = 8 the GEMM form wins: released dims, 2-core Xeon, fp32, B = 8: 2.7 ms against 4.1 ms for
+// the GEMV form; at B = 64 it runs at ~265 GFLOP/s.
+constexpr int64_t kGemmMinB = 8;
+constexpr int64_t kPadB = 16;        // X^T rows are padded to a multiple of every ISA's vector width
+constexpr int kNR = 6;               // weight rows per register tile
+constexpr int64_t kPrefetch = 512;   // GEMV: floats ahead of the read (2 KB; 1-8 KB measured alike)
+
+// Per calling thread, grown when needed and never shrunk (≈ 3 MB at the released dims and B = 64).
+float* scratch(size_t n) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
 }
 
-// o[4 i + j] = Σ_k w_i[k] x_j[k]: four weight rows times four input rows, 16 accumulators, so each load
-// feeds two FMAs on average (what lets B=64 run near the FMA rate instead of the load rate).
-AFFECTRT_CLONES void dot4x4(const float* const* w, const float* x, int64_t x_stride, int64_t K, float* o) {
-  const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
-  const float *x0 = x, *x1 = x + x_stride, *x2 = x + 2 * x_stride, *x3 = x + 3 * x_stride;
-  float a00 = 0.f, a01 = 0.f, a02 = 0.f, a03 = 0.f, a10 = 0.f, a11 = 0.f, a12 = 0.f, a13 = 0.f;
-  float a20 = 0.f, a21 = 0.f, a22 = 0.f, a23 = 0.f, a30 = 0.f, a31 = 0.f, a32 = 0.f, a33 = 0.f;
-#pragma omp simd reduction(+ : a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
-  for (int64_t k = 0; k < K; ++k) {
-    const float v0 = x0[k], v1 = x1[k], v2 = x2[k], v3 = x3[k];
-    a00 += w0[k] * v0, a01 += w0[k] * v1, a02 += w0[k] * v2, a03 += w0[k] * v3;
-    a10 += w1[k] * v0, a11 += w1[k] * v1, a12 += w1[k] * v2, a13 += w1[k] * v3;
-    a20 += w2[k] * v0, a21 += w2[k] * v1, a22 += w2[k] * v2, a23 += w2[k] * v3;
-    a30 += w3[k] * v0, a31 += w3[k] * v1, a32 += w3[k] * v2, a33 += w3[k] * v3;
-  }
-  const float r[16] = {a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33};
-  for (int i = 0; i < 16; ++i) o[i] = r[i];
-}
+// Per-thread slices of the scratch start on their own cache lines.
+inline int64_t round_line(int64_t n) { return (n + 15) / 16 * 16; }
 
-AFFECTRT_CLONES float dot1(const float* w, const float* x, int64_t K) {
+// ------------------------------------------------------------------ small vectorised helpers
+
+AFFECTRT_CLONES float dotf(const float* w, const float* x, int64_t K) {
   float a = 0.f;
 #pragma omp simd reduction(+ : a)
   for (int64_t k = 0; k < K; ++k) a += w[k] * x[k];
   return a;
 }
+
+// xp += s·v, xm += v (one time step of attention and mean pooling).
+AFFECTRT_CLONES void pool_acc(float s, const float* v, float* xp, float* xm, int64_t K) {
+#pragma omp simd
+  for (int64_t d = 0; d < K; ++d) xp[d] += s * v[d], xm[d] += v[d];
+}
+
+// Attention-pooled xp[d] = Σ_t (z_t·w + b) z_t[d] and mean xm[d] = Σ_t z_t[d] / T of one batch row z_b.
+// Sums in t order (as attn_pool_out_at / fh_mean_at); float32 contiguous rows take the vectorised loops.
+template <typename Ty>
+void pool_one(const typename Ty::storage* z_b, int64_t st, int64_t sd, int64_t T, int64_t K,
+              const typename Ty::storage* w, int64_t w_sd, float bias, float* scores, float* xp, float* xm) {
+  const bool fast = std::is_same<Ty, F32>::value && sd == 1 && w_sd == 1;
+  for (int64_t t = 0; t < T; ++t)
+    scores[t] = (fast ? dotf(reinterpret_cast<const float*>(w), reinterpret_cast<const float*>(z_b + t * st), K)
+                      : attn_pool_score_partial<Ty>(z_b + t * st, sd, w, w_sd, K, 0, 1)) +
+                bias;
+  std::fill(xp, xp + K, 0.f);
+  std::fill(xm, xm + K, 0.f);
+  for (int64_t t = 0; t < T; ++t) {
+    const auto* z_t = z_b + t * st;
+    if (fast) {
+      pool_acc(scores[t], reinterpret_cast<const float*>(z_t), xp, xm, K);
+    } else {
+      for (int64_t d = 0; d < K; ++d) {
+        const float v = Ty::load(z_t[d * sd]);
+        xp[d] += scores[t] * v;
+        xm[d] += v;
+      }
+    }
+  }
+  const float Tf = static_cast<float>(T);  // a division, as torch.mean
+  for (int64_t d = 0; d < K; ++d) xm[d] /= Tf;
+}
+
+// Pool modality m (0 video, 1 audio) of batch row b into xp [K], xm [K]; returns K.
+template <typename Ty>
+int64_t pool_modality(const FusionHeadArgs& a, int m, int64_t b, float* scores, float* xp, float* xm) {
+  using S = typename Ty::storage;
+  const bool v = m == 0;
+  const S* z = static_cast<const S*>(v ? a.zv : a.za) + b * (v ? a.zv_sb : a.za_sb);
+  const int64_t K = v ? a.dv : a.da;
+  const float bias = Ty::load(*static_cast<const S*>(v ? a.bva : a.baa));
+  pool_one<Ty>(z, v ? a.zv_st : a.za_st, v ? a.zv_sd : a.za_sd, v ? a.Tv : a.Ta, K,
+               static_cast<const S*>(v ? a.wva : a.waa), v ? a.wva_sd : a.waa_sd, bias, scores, xp, xm);
+  return K;
+}
+
+// Offsets of modality m's pooled and mean vectors in a row of X = [pooled_v | pooled_a | mean_v | mean_a].
+inline int64_t x_pooled_off(const FusionHeadArgs& a, int m) { return m == 0 ? 0 : a.dv; }
+inline int64_t x_mean_off(const FusionHeadArgs& a, int m) { return m == 0 ? a.dv + a.da : 2 * a.dv + a.da; }
 
 // The weight row as contiguous floats: the row itself for unit-stride float32, else a converted copy.
 template <typename Ty>
@@ -74,46 +123,66 @@ const float* row_as_float(const void* W, int64_t n, int64_t sn, int64_t sk, int6
   return buf;
 }
 
-// acc[i * B + b] = w_i · x_b for nw (1 or 4) weight rows and every batch row b, x_b = x + b * x_stride.
-inline void gemv_all_rows(const float* const* w, int nw, const float* x, int64_t x_stride, int64_t K, int64_t B,
-                          float* acc) {
-  int64_t b = 0;
-  float o[16];
-  if (nw == 4) {
-    for (; b + 4 <= B; b += 4) {
-      dot4x4(w, x + b * x_stride, x_stride, K, o);
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i * B + b + j] = o[4 * i + j];
-    }
-  } else {
-    for (; b + 4 <= B; b += 4) dot4(w[0], x + b * x_stride, x_stride, K, acc + b);
-  }
-  for (; b < B; ++b)
-    for (int i = 0; i < nw; ++i) acc[i * B + b] = dot1(w[i], x + b * x_stride, K);
+// The two rows of the folded gate W_g [2, 2dm] as floats (converted into buf [2, 2dm] when needed).
+template <typename Ty>
+void gate_rows(const FusionHeadArgs& a, float* buf, const float** wg) {
+  for (int j = 0; j < 2; ++j) wg[j] = row_as_float<Ty>(a.Wg, j, a.Wg_sn, a.Wg_sk, 2 * a.dm, buf + j * 2 * a.dm);
 }
 
-// ------------------------------------------------------------------ GEMM form (B >= kGemmMinB)
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"  // vectors are passed only inside always-inlined helpers
-#endif
-
-// From B = 8 the GEMM form wins: released dims, 2-core Xeon, fp32, B = 8: 2.7 ms against 4.1 ms for
-// the GEMV form (whose 4x4 dot blocks are load-bound); at B = 64 it runs at ~265 GFLOP/s.
-constexpr int64_t kGemmMinB = 8;
-constexpr int64_t kPadB = 16;     // X^T rows are padded to a multiple of every ISA's vector width
-constexpr int kNR = 6;            // weight rows per register tile
+// ------------------------------------------------------------------ vector kernels, one per ISA
 
 // W floats per vector, up to MV vectors of batch columns per register tile. AVX-512: 6×4 accumulators
 // + 4 inputs + 1 broadcast of 32 registers; AVX2 and SSE: 6×2 + 2 + 1 of 16.
 template <int W_, int MV_>
-struct GemmCfg {
+struct VecCfg {
   static constexpr int W = W_, MV = MV_;
   typedef float vf __attribute__((vector_size(4 * W_)));
   typedef float vf_u __attribute__((vector_size(4 * W_), aligned(4), __may_alias__));
 };
 
-#define AI __attribute__((always_inline)) inline
+template <typename C>
+AI typename C::vf vload(const float* p) {
+  return *reinterpret_cast<const typename C::vf_u*>(p);
+}
+
+// o[i] = w · x_i for NB batch rows x_i = x + i·xs. U vectors per step so that NB·U ≥ 4 accumulators
+// hide the FMA latency; the weight row is prefetched kPrefetch floats ahead (into the next row: the
+// matrices are walked row after row).
+template <typename C, int NB>
+AI void gemv_nb(const float* w, const float* x, int64_t xs, int64_t K, float* o) {
+  using vf = typename C::vf;
+  constexpr int W = C::W, U = NB == 1 ? 4 : NB == 2 ? 2 : 1;
+  vf acc[NB][U] = {};
+  int64_t k = 0;
+  for (; k + U * W <= K; k += U * W) {
+    for (int p = 0; p < U * W; p += 16) __builtin_prefetch(w + k + kPrefetch + p);
+    for (int u = 0; u < U; ++u) {
+      const vf wv = vload<C>(w + k + u * W);
+      for (int i = 0; i < NB; ++i) acc[i][u] += wv * vload<C>(x + i * xs + k + u * W);
+    }
+  }
+  for (int i = 0; i < NB; ++i) {
+    vf s = acc[i][0];
+    for (int u = 1; u < U; ++u) s += acc[i][u];
+    float r = 0.f;
+    for (int l = 0; l < W; ++l) r += s[l];
+    for (int64_t kk = k; kk < K; ++kk) r += w[kk] * x[i * xs + kk];
+    o[i] = r;
+  }
+}
+
+// o[b] = w · x_b for every batch row b < B (the weight row stays in L1 across the groups of 4).
+template <typename C>
+AI void gemv_row(const float* w, const float* x, int64_t xs, int64_t K, int64_t B, float* o) {
+  int64_t b = 0;
+  for (; b + 4 <= B; b += 4) gemv_nb<C, 4>(w, x + b * xs, xs, K, o + b);
+  switch (B - b) {
+    case 3: gemv_nb<C, 3>(w, x + b * xs, xs, K, o + b); break;
+    case 2: gemv_nb<C, 2>(w, x + b * xs, xs, K, o + b); break;
+    case 1: gemv_nb<C, 1>(w, x + b * xs, xs, K, o + b); break;
+    default: break;
+  }
+}
 
 // c[j * ldc + b] = Σ_{k<K} w[j][k] xt[k * ldx + b] for j < kNR and MV·W columns b. The whole K runs in
 // registers: the kNR weight rows stream once, sequentially (the hardware prefetcher follows them), and
@@ -128,7 +197,7 @@ AI void gemm_micro(const float* const* w, const float* xt, int64_t ldx, int64_t 
   const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5];
   for (int64_t k = 0; k < K; ++k) {
     vf xv[MV];
-    for (int i = 0; i < MV; ++i) xv[i] = *reinterpret_cast<const vf_u*>(xt + k * ldx + i * C::W);
+    for (int i = 0; i < MV; ++i) xv[i] = vload<C>(xt + k * ldx + i * C::W);
     const float ws[kNR] = {w0[k], w1[k], w2[k], w3[k], w4[k], w5[k]};
     for (int j = 0; j < kNR; ++j) {
       const vf wj = ws[j] - vf{};  // a broadcast: x - (+0) == x folds away, x + 0 would not (-0)
@@ -156,31 +225,156 @@ AI void gemm_cols(const float* const* w, const float* xt, int64_t ldx, int64_t K
   }
 }
 
-using GemmFn = void (*)(const float* const*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
+// The ISA's kernels: gemm (above) and gemv (o[b] = w · x_b for all B rows, see gemv_row).
+struct Kernels {
+  void (*gemm)(const float* const*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
+  void (*gemv)(const float*, const float*, int64_t, int64_t, int64_t, float*);
+};
 
+#define AFFECTRT_KERNELS(name, attr, C)                                                                    \
+  attr void name##_gemm(const float* const* w, const float* xt, int64_t ldx, int64_t K, int64_t cols,       \
+                        float* c, int64_t ldc) {                                                            \
+    gemm_cols<C>(w, xt, ldx, K, cols, c, ldc);                                                              \
+  }                                                                                                         \
+  attr void name##_gemv(const float* w, const float* x, int64_t xs, int64_t K, int64_t B, float* o) {      \
+    gemv_row<C>(w, x, xs, K, B, o);                                                                         \
+  }
+
+using CfgAvx512 = VecCfg<16, 4>;
+using CfgAvx2 = VecCfg<8, 2>;
+using CfgBase = VecCfg<4, 2>;
 #if defined(__GNUC__) && defined(__x86_64__)
-#define AFFECTRT_GEMM_CLONES 1
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) void gemm_avx512(const float* const* w, const float* xt,
-                                                                      int64_t ldx, int64_t K, int64_t cols,
-                                                                      float* c, int64_t ldc) {
-  gemm_cols<GemmCfg<16, 4>>(w, xt, ldx, K, cols, c, ldc);
-}
-__attribute__((target("avx2,fma"))) void gemm_avx2(const float* const* w, const float* xt, int64_t ldx, int64_t K,
-                                                   int64_t cols, float* c, int64_t ldc) {
-  gemm_cols<GemmCfg<8, 2>>(w, xt, ldx, K, cols, c, ldc);
-}
+#define AFFECTRT_ISA_CLONES 1
+AFFECTRT_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))), CfgAvx512)
+AFFECTRT_KERNELS(avx2, __attribute__((target("avx2,fma"))), CfgAvx2)
 #endif
-void gemm_base(const float* const* w, const float* xt, int64_t ldx, int64_t K, int64_t cols, float* c,
-               int64_t ldc) {
-  gemm_cols<GemmCfg<4, 2>>(w, xt, ldx, K, cols, c, ldc);
+AFFECTRT_KERNELS(base, , CfgBase)
+
+Kernels pick_kernels() {
+#ifdef AFFECTRT_ISA_CLONES
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return {avx512_gemm, avx512_gemv};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {avx2_gemm, avx2_gemv};
+#endif
+  return {base_gemm, base_gemv};
 }
 
-GemmFn pick_gemm() {
-#ifdef AFFECTRT_GEMM_CLONES
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return gemm_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gemm_avx2;
-#endif
-  return gemm_base;
+const Kernels& kernels() {
+  static const Kernels k = pick_kernels();
+  return k;
+}
+
+// ------------------------------------------------------------------ GEMV form (B < kGemmMinB)
+
+// Weight rows in groups of equal K, walked as one list: the first row after e weight elements. Threads
+// split such a list at equal element counts (rows of W_v, W_mv hold dv elements, of W_a, W_ma da).
+struct RowList {
+  int n;
+  int64_t rows[3], ks[3];
+  int64_t elems() const {
+    int64_t e = 0;
+    for (int s = 0; s < n; ++s) e += rows[s] * ks[s];
+    return e;
+  }
+  int64_t row_at(int64_t e) const {
+    int64_t r = 0;
+    for (int s = 0; s < n; ++s) {
+      if (e < rows[s] * ks[s]) return r + (e + ks[s] - 1) / ks[s];
+      e -= rows[s] * ks[s];
+      r += rows[s];
+    }
+    return r;
+  }
+};
+
+// The GEMV form. Phases: 1 pooling; 2 u_v, u_a (their 2dm rows); 3 the gate and z_f, computed by every
+// thread for itself; 4 H_v, H_a and H_m as one list of rows, so that one barrier fewer waits on the
+// slower thread. Each thread streams one contiguous range of rows per phase, of equal element counts:
+// handing rows out dynamically (guided, chunks of 8 rows) measured ~10% slower, the prefetch of one
+// thread running into the other's rows.
+template <typename Ty>
+void run_gemv(const FusionHeadArgs& args) {
+  using S = typename Ty::storage;
+  FusionHeadArgs a = args;
+  const int64_t X = fh_x_width(a), kmax = std::max({a.dv, a.da, a.dm}), tmax = std::max(a.Tv, a.Ta);
+  const int64_t shared = round_line(a.B * (X + 2 * a.dm));  // X [B, X], u [B, 2dm]
+  // per thread: a converted weight row [kmax], scores [tmax], dots [B], z_f [B, dm], gate rows [2, 2dm]
+  const int64_t per = round_line(kmax + tmax + a.B + a.B * a.dm + 4 * a.dm);
+  float* s = scratch(static_cast<size_t>(shared + omp_get_max_threads() * per));
+  a.work = s;
+  const RowList u_rows{2, {a.dm, a.dm}, {a.dv, a.da}};
+  const RowList h_rows{3, {a.D, a.D, a.D}, {a.dv, a.da, a.dm}};
+  const Kernels& kern = kernels();
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float* wbuf = s + shared + t * per;
+    float *scores = wbuf + kmax, *o = scores + tmax, *zf = o + a.B, *wgbuf = zf + a.B * a.dm;
+
+    // 1: attention-pooled and mean vectors, one (batch row, modality) per task.
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < 2 * a.B; ++task) {
+      const int m = static_cast<int>(task % 2);
+      float* xb = fh_x(a) + task / 2 * X;
+      pool_modality<Ty>(a, m, task / 2, scores, xb + x_pooled_off(a, m), xb + x_mean_off(a, m));
+    }
+    // 2: u_v, u_a (rows 2D.. of fh_segment's order).
+    int64_t r1 = u_rows.row_at(u_rows.elems() * (t + 1) / nt);
+    for (int64_t r = u_rows.row_at(u_rows.elems() * t / nt); r < r1; ++r) {
+      const FhSegment sg = fh_segment(a, 2 * a.D + r);
+      kern.gemv(row_as_float<Ty>(sg.W, sg.n, sg.sn, sg.sk, sg.K, wbuf), fh_x(a) + sg.x_off, X, sg.K, a.B, o);
+      for (int64_t b = 0; b < a.B; ++b) fh_store_segment<Ty>(a, sg, b, o[b]);
+    }
+#pragma omp barrier
+    // 3: the gate and z_f [B, dm]: a few thousand FMAs per batch row, less than a barrier.
+    const float* wg[2];
+    gate_rows<Ty>(a, wgbuf, wg);
+    const S* bg = static_cast<const S*>(a.bg);
+    for (int64_t b = 0; b < a.B; ++b) {
+      const float* u_b = fh_u(a) + b * 2 * a.dm;
+      const float g0 = dotf(wg[0], u_b, 2 * a.dm) + Ty::load(bg[0]);
+      const float g1 = dotf(wg[1], u_b, 2 * a.dm) + Ty::load(bg[1]);
+      for (int64_t k = 0; k < a.dm; ++k) zf[b * a.dm + k] = g0 * u_b[k] + g1 * u_b[a.dm + k];
+    }
+    // 4: H_v, H_a (rows 0..2D of fh_segment's order), then H_m = W_mp z_f + b_mp.
+    r1 = h_rows.row_at(h_rows.elems() * (t + 1) / nt);
+    const S* bmp = static_cast<const S*>(a.bmp);
+    for (int64_t r = h_rows.row_at(h_rows.elems() * t / nt); r < r1; ++r) {
+      if (r < 2 * a.D) {
+        const FhSegment sg = fh_segment(a, r);
+        kern.gemv(row_as_float<Ty>(sg.W, sg.n, sg.sn, sg.sk, sg.K, wbuf), fh_x(a) + sg.x_off, X, sg.K, a.B, o);
+        for (int64_t b = 0; b < a.B; ++b) fh_store_segment<Ty>(a, sg, b, o[b]);
+      } else {
+        const int64_t n = r - 2 * a.D;
+        kern.gemv(row_as_float<Ty>(a.Wmp, n, a.Wmp_sn, a.Wmp_sk, a.dm, wbuf), zf, a.dm, a.dm, a.B, o);
+        for (int64_t b = 0; b < a.B; ++b) fh_store_out<Ty>(a, b, 0, n, o[b] + Ty::load(bmp[n]));
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ GEMM form (B >= kGemmMinB)
+
+// dst[d * ld + i] = src[i * ss + d] for i < kPadB, d < K: a block of pooled rows into X^T.
+AFFECTRT_CLONES void transpose_block(const float* src, int64_t ss, int64_t K, float* dst, int64_t ld) {
+  for (int64_t d = 0; d < K; ++d)
+#pragma omp simd
+    for (int i = 0; i < kPadB; ++i) dst[d * ld + i] = src[i * ss + d];
+}
+
+// For kPadB batch columns: g_j = W_g[j] · u^T[:, i] + b_g[j], z_f^T[k, i] = g_0 u^T[k, i] + g_1 u^T[dm+k, i]
+// (ut, zft point at the block's first column; rows ld apart).
+AFFECTRT_CLONES void gate_block(const float* wg0, const float* wg1, float bg0, float bg1, const float* ut,
+                                int64_t ld, int64_t dm, float* zft) {
+  float g0[kPadB] = {}, g1[kPadB] = {};
+  for (int64_t k = 0; k < 2 * dm; ++k) {
+    const float* u = ut + k * ld;
+#pragma omp simd
+    for (int i = 0; i < kPadB; ++i) g0[i] += wg0[k] * u[i], g1[i] += wg1[k] * u[i];
+  }
+  for (int i = 0; i < kPadB; ++i) g0[i] += bg0, g1[i] += bg1;
+  for (int64_t k = 0; k < dm; ++k)
+#pragma omp simd
+    for (int i = 0; i < kPadB; ++i) zft[k * ld + i] = g0[i] * ut[k * ld + i] + g1[i] * ut[(dm + k) * ld + i];
 }
 
 // Float pointers to the kNR weight rows n0.. of W [N, K] (rows past N repeat the last one: computed into
@@ -193,134 +387,41 @@ void tile_rows(const void* W, int64_t n0, int64_t N, int64_t sn, int64_t sk, int
 }
 
 // Store a finished [kNR, Bp] tile of rows n0.. (< N) plus bias: into out[b, rows[b, j_out], n] when
-// u_col < 0, else into u[b, u_col + n]. Batch row outermost: one destination row pointer per b.
+// u_col < 0, else into u^T[u_col + n, b] ([2dm, Bp], padding columns zero). For out, batch row
+// outermost: one destination row pointer per b.
 template <typename Ty>
 void store_tile(const FusionHeadArgs& a, const float* tile, int64_t Bp, int64_t n0, int64_t N, const void* bias,
-                int j_out, int64_t u_col) {
+                int j_out, int64_t u_col, float* ut) {
   using S = typename Ty::storage;
   const int nr = static_cast<int>(std::min<int64_t>(kNR, N - n0));
   float bv[kNR];
   for (int j = 0; j < nr; ++j) bv[j] = Ty::load(static_cast<const S*>(bias)[n0 + j]);
+  if (u_col >= 0) {
+    for (int j = 0; j < nr; ++j) {
+      float* dst = ut + (u_col + n0 + j) * Bp;
+      for (int64_t b = 0; b < a.B; ++b) dst[b] = tile[j * Bp + b] + bv[j];
+      for (int64_t b = a.B; b < Bp; ++b) dst[b] = 0.f;
+    }
+    return;
+  }
   for (int64_t b = 0; b < a.B; ++b) {
-    if (u_col >= 0) {
-      float* dst = fh_u(a) + b * 2 * a.dm + u_col + n0;
-      for (int j = 0; j < nr; ++j) dst[j] = tile[j * Bp + b] + bv[j];
-    } else {
-      S* dst = static_cast<S*>(a.out) + b * a.o_sb + a.rows[b * 3 + j_out] * a.o_sl + n0 * a.o_sd;
-      for (int j = 0; j < nr; ++j) dst[j * a.o_sd] = Ty::store(tile[j * Bp + b] + bv[j]);
-    }
+    S* dst = static_cast<S*>(a.out) + b * a.o_sb + a.rows[b * 3 + j_out] * a.o_sl + n0 * a.o_sd;
+    for (int j = 0; j < nr; ++j) dst[j * a.o_sd] = Ty::store(tile[j * Bp + b] + bv[j]);
   }
 }
 
-template <typename Ty>
-void pool_rows(const FusionHeadArgs& a, const void* z, int64_t sb, int64_t st, int64_t sd, int64_t T, int64_t K,
-               const void* watt, int64_t watt_sd, const void* batt, int64_t pooled_off, int64_t mean_off, int64_t b,
-               std::vector<float>& scores) {
-  using S = typename Ty::storage;
-  const S* z_b = static_cast<const S*>(z) + b * sb;
-  const S* w = static_cast<const S*>(watt);
-  const float bias = Ty::load(*static_cast<const S*>(batt));
-  for (int64_t t = 0; t < T; ++t) scores[t] = attn_pool_score_partial<Ty>(z_b + t * st, sd, w, watt_sd, K, 0, 1) + bias;
-  // Σ_t s_t z_t and mean_t z_t with t outermost: the inner loop over d is unit-stride (vectorised) for
-  // contiguous z, and sums in the order of attn_pool_out_at / fh_mean_at.
-  float* xp = fh_x(a) + b * fh_x_width(a) + pooled_off;
-  float* xm = fh_x(a) + b * fh_x_width(a) + mean_off;
-  for (int64_t d = 0; d < K; ++d) xp[d] = 0.f, xm[d] = 0.f;
-  for (int64_t t = 0; t < T; ++t) {
-    const S* z_t = z_b + t * st;
-    const float s_t = scores[t];
-    for (int64_t d = 0; d < K; ++d) {
-      const float v = Ty::load(z_t[d * sd]);
-      xp[d] += s_t * v;
-      xm[d] += v;
-    }
-  }
-  for (int64_t d = 0; d < K; ++d) xm[d] /= static_cast<float>(T);
-}
-
-template <typename Ty>
-void run_gemv(const FusionHeadArgs& a) {
-  const int64_t X = fh_x_width(a);
-  const int64_t rows2 = 2 * a.D + 2 * a.dm;
-  float* u = fh_u(a);
-  float* zf = fh_zf(a);
-#pragma omp parallel
-  {
-    std::vector<float> scores(static_cast<size_t>(std::max(a.Tv, a.Ta)));
-    const int64_t kmax = std::max({a.dv, a.da, a.dm});
-    std::vector<float> wbuf(static_cast<size_t>(4 * kmax));
-    std::vector<float> acc(static_cast<size_t>(4 * a.B));
-
-    // 1: attention-pooled and mean vectors of both modalities.
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < a.B; ++b) {
-      pool_rows<Ty>(a, a.zv, a.zv_sb, a.zv_st, a.zv_sd, a.Tv, a.dv, a.wva, a.wva_sd, a.bva, 0, a.dv + a.da, b, scores);
-      pool_rows<Ty>(a, a.za, a.za_sb, a.za_st, a.za_sd, a.Ta, a.da, a.waa, a.waa_sd, a.baa, a.dv, 2 * a.dv + a.da, b,
-                    scores);
-    }
-    // 2: H_v, H_a, u_v, u_a, four weight rows at a time (one segment) for all batch rows.
-#pragma omp for schedule(static)
-    for (int64_t r0 = 0; r0 < rows2; r0 += 4) {
-      FhSegment seg[4];
-      int nw = static_cast<int>(std::min<int64_t>(4, rows2 - r0));
-      for (int i = 0; i < nw; ++i) seg[i] = fh_segment(a, r0 + i);
-      for (int i = 1; i < nw; ++i)
-        if (seg[i].W != seg[0].W) nw = 1;  // a group straddles two segments: go row by row
-      for (int64_t r = r0; r < std::min<int64_t>(r0 + 4, rows2); r += nw) {
-        const float* w[4];
-        for (int i = 0; i < nw; ++i) {
-          const FhSegment& s = seg[r - r0 + i];
-          w[i] = row_as_float<Ty>(s.W, s.n, s.sn, s.sk, s.K, wbuf.data() + i * kmax);
-        }
-        const FhSegment& s0 = seg[r - r0];
-        gemv_all_rows(w, nw, fh_x(a) + s0.x_off, X, s0.K, a.B, acc.data());
-        for (int i = 0; i < nw; ++i)
-          for (int64_t b = 0; b < a.B; ++b) fh_store_segment<Ty>(a, seg[r - r0 + i], b, acc[i * a.B + b]);
-      }
-    }
-    // 3: the folded gate and the gated sum z_f = g0 u_v + g1 u_a.
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < a.B; ++b) {
-      const float* u_b = u + b * 2 * a.dm;
-      const auto* bg = static_cast<const typename Ty::storage*>(a.bg);
-      const float g0 = fh_gate_partial<Ty>(a, 0, u_b, 0, 1) + Ty::load(bg[0]);
-      const float g1 = fh_gate_partial<Ty>(a, 1, u_b, 0, 1) + Ty::load(bg[1]);
-      for (int64_t k = 0; k < a.dm; ++k) zf[b * a.dm + k] = g0 * u_b[k] + g1 * u_b[a.dm + k];
-    }
-    // 4: H_m = W_mp z_f + b_mp, four rows at a time.
-#pragma omp for schedule(static)
-    for (int64_t n0 = 0; n0 < a.D; n0 += 4) {
-      const int nw = a.D - n0 >= 4 ? 4 : 1;
-      for (int64_t n = n0; n < std::min<int64_t>(n0 + 4, a.D); n += nw) {
-        const float* w[4];
-        for (int i = 0; i < nw; ++i)
-          w[i] = row_as_float<Ty>(a.Wmp, n + i, a.Wmp_sn, a.Wmp_sk, a.dm, wbuf.data() + i * kmax);
-        gemv_all_rows(w, nw, zf, a.dm, a.dm, a.B, acc.data());
-        for (int i = 0; i < nw; ++i) {
-          const float bias = Ty::load(static_cast<const typename Ty::storage*>(a.bmp)[n + i]);
-          for (int64_t b = 0; b < a.B; ++b) fh_store_out<Ty>(a, b, 0, n + i, acc[i * a.B + b] + bias);
-        }
-      }
-    }
-  }
-}
-
-// The GEMM form (B >= kGemmMinB): as run_gemv, but phases 2 and 4 run gemm_micro tiles on the inputs
-// packed transposed into scratch reused across calls: X^T [2dv+2da, Bp] and z_f^T [dm, Bp].
 template <typename Ty>
 void run_gemm(const FusionHeadArgs& a) {
   using S = typename Ty::storage;
-  const int64_t X = fh_x_width(a);
-  const int64_t Bp = (a.B + kPadB - 1) / kPadB * kPadB;
-  // Reused across calls (per calling thread): a fresh MB-sized buffer would page-fault on every call.
-  static thread_local std::vector<float> scratch;
-  const size_t need = static_cast<size_t>(Bp * (X + a.dm));
-  if (scratch.size() < need) scratch.resize(need);
-  float* xt = scratch.data();
-  float* zft = xt + Bp * X;
-  float* u = fh_u(a);
-  const GemmFn gemm = pick_gemm();
-  // Phase 2's tiles, kNR rows each, of W_v, W_a (-> out rows video, audio), W_mv, W_ma (-> u).
+  const int64_t X = fh_x_width(a), Bp = (a.B + kPadB - 1) / kPadB * kPadB;
+  const int64_t kpool = std::max(a.dv, a.da), kmax = std::max(kpool, a.dm), tmax = std::max(a.Tv, a.Ta);
+  const int64_t shared = round_line(Bp * (X + 3 * a.dm));  // X^T [X, Bp], u^T [2dm, Bp], z_f^T [dm, Bp]
+  // per thread: tile [kNR, Bp], weight rows [kNR, kmax], pooled rows [kPadB, 2 kpool], scores, gate rows
+  const int64_t per = round_line(kNR * Bp + kNR * kmax + kPadB * 2 * kpool + tmax + 4 * a.dm);
+  float* s = scratch(static_cast<size_t>(shared + omp_get_max_threads() * per));
+  float *xt = s, *ut = xt + X * Bp, *zft = ut + 2 * a.dm * Bp;
+  const Kernels& kern = kernels();
+  // Phase 2's tiles, kNR rows each, of W_v, W_a (-> out rows video, audio), W_mv, W_ma (-> u^T).
   struct Mat {
     const void *W, *bias;
     int64_t N, K, sn, sk, x_off;
@@ -335,55 +436,53 @@ void run_gemm(const FusionHeadArgs& a) {
   };
   int64_t first_tile[5] = {0};
   for (int m = 0; m < 4; ++m) first_tile[m + 1] = first_tile[m] + (mats[m].N + kNR - 1) / kNR;
+  const int64_t nblk = Bp / kPadB;
 #pragma omp parallel
   {
-    std::vector<float> scores(static_cast<size_t>(std::max(a.Tv, a.Ta)));
-    std::vector<float> wbuf(static_cast<size_t>(kNR * std::max({a.dv, a.da, a.dm})));
-    std::vector<float> tile(static_cast<size_t>(kNR * Bp));
+    float* tile = s + shared + omp_get_thread_num() * per;
+    float *wbuf = tile + kNR * Bp, *blk = wbuf + kNR * kmax, *scores = blk + kPadB * 2 * kpool;
+    float* wgbuf = scores + tmax;
     const float* w[kNR];
 
-    // 1: attention-pooled and mean vectors of both modalities, then X^T (padding columns zeroed).
+    // 1: pool kPadB batch rows of one modality per task into blk [kPadB, 2K] (pooled | mean; rows past B
+    // zero), then write both halves transposed into X^T.
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < a.B; ++b) {
-      pool_rows<Ty>(a, a.zv, a.zv_sb, a.zv_st, a.zv_sd, a.Tv, a.dv, a.wva, a.wva_sd, a.bva, 0, a.dv + a.da, b, scores);
-      pool_rows<Ty>(a, a.za, a.za_sb, a.za_st, a.za_sd, a.Ta, a.da, a.waa, a.waa_sd, a.baa, a.dv, 2 * a.dv + a.da, b,
-                    scores);
-    }
-#pragma omp for schedule(static)
-    for (int64_t col = 0; col < X; ++col) {
-      for (int64_t b = 0; b < a.B; ++b) xt[col * Bp + b] = fh_x(a)[b * X + col];
-      for (int64_t b = a.B; b < Bp; ++b) xt[col * Bp + b] = 0.f;
+    for (int64_t task = 0; task < 2 * nblk; ++task) {
+      const int m = static_cast<int>(task % 2);
+      const int64_t b0 = task / 2 * kPadB, K = m == 0 ? a.dv : a.da;
+      for (int64_t i = 0; i < kPadB; ++i) {
+        if (b0 + i < a.B)
+          pool_modality<Ty>(a, m, b0 + i, scores, blk + i * 2 * K, blk + i * 2 * K + K);
+        else
+          std::fill(blk + i * 2 * K, blk + (i + 1) * 2 * K, 0.f);
+      }
+      transpose_block(blk, 2 * K, K, xt + x_pooled_off(a, m) * Bp + b0, Bp);
+      transpose_block(blk + K, 2 * K, K, xt + x_mean_off(a, m) * Bp + b0, Bp);
     }
     // 2: H_v, H_a, u_v, u_a. Dynamic: the matrices' K differ.
-#pragma omp for schedule(dynamic, 8)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t t = 0; t < first_tile[4]; ++t) {
       int m = 0;
       while (t >= first_tile[m + 1]) ++m;
       const Mat& M = mats[m];
       const int64_t n0 = (t - first_tile[m]) * kNR;
-      tile_rows<Ty>(M.W, n0, M.N, M.sn, M.sk, M.K, wbuf.data(), w);
-      gemm(w, xt + M.x_off * Bp, Bp, M.K, a.B, tile.data(), Bp);
-      store_tile<Ty>(a, tile.data(), Bp, n0, M.N, M.bias, M.j_out, M.u_col);
+      tile_rows<Ty>(M.W, n0, M.N, M.sn, M.sk, M.K, wbuf, w);
+      kern.gemm(w, xt + M.x_off * Bp, Bp, M.K, a.B, tile, Bp);
+      store_tile<Ty>(a, tile, Bp, n0, M.N, M.bias, M.j_out, M.u_col, ut);
     }
-    // 3: the folded gate and the gated sum, written transposed: z_f^T [dm, Bp] (padding zeroed).
+    // 3: the folded gate and z_f^T, kPadB batch columns per task.
+    const float* wg[2];
+    gate_rows<Ty>(a, wgbuf, wg);
+    const S* bg = static_cast<const S*>(a.bg);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < Bp; ++b) {
-      if (b >= a.B) {
-        for (int64_t k = 0; k < a.dm; ++k) zft[k * Bp + b] = 0.f;
-        continue;
-      }
-      const float* u_b = u + b * 2 * a.dm;
-      const S* bg = static_cast<const S*>(a.bg);
-      const float g0 = fh_gate_partial<Ty>(a, 0, u_b, 0, 1) + Ty::load(bg[0]);
-      const float g1 = fh_gate_partial<Ty>(a, 1, u_b, 0, 1) + Ty::load(bg[1]);
-      for (int64_t k = 0; k < a.dm; ++k) zft[k * Bp + b] = g0 * u_b[k] + g1 * u_b[a.dm + k];
-    }
+    for (int64_t c = 0; c < nblk; ++c)
+      gate_block(wg[0], wg[1], Ty::load(bg[0]), Ty::load(bg[1]), ut + c * kPadB, Bp, a.dm, zft + c * kPadB);
     // 4: H_m = W_mp z_f + b_mp.
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t t = 0; t < (a.D + kNR - 1) / kNR; ++t) {
-      tile_rows<Ty>(a.Wmp, t * kNR, a.D, a.Wmp_sn, a.Wmp_sk, a.dm, wbuf.data(), w);
-      gemm(w, zft, Bp, a.dm, a.B, tile.data(), Bp);
-      store_tile<Ty>(a, tile.data(), Bp, t * kNR, a.D, a.bmp, 0, -1);
+      tile_rows<Ty>(a.Wmp, t * kNR, a.D, a.Wmp_sn, a.Wmp_sk, a.dm, wbuf, w);
+      kern.gemm(w, zft, Bp, a.dm, a.B, tile, Bp);
+      store_tile<Ty>(a, tile, Bp, t * kNR, a.D, a.bmp, 0, -1, nullptr);
     }
   }
 }
@@ -398,9 +497,17 @@ void run(const FusionHeadArgs& a) {
 
 }  // namespace
 
-const char* fusion_head_cpu(const FusionHeadArgs& a, int dtype) {
-  if (a.B == 0) return nullptr;
-  if (a.Tv <= 0 || a.Ta <= 0) return "fusion_head_cpu: z_video and z_audio need at least one time step";
+// a.work is not read: the CPU form keeps its own scratch (see the top of this file). a.rows may be null:
+// out is then [B, 3, D] and row j goes to out[b, j] (saves the caller building an index tensor per call).
+const char* fusion_head_cpu(const FusionHeadArgs& args, int dtype) {
+  if (args.B == 0) return nullptr;
+  if (args.Tv <= 0 || args.Ta <= 0) return "fusion_head_cpu: z_video and z_audio need at least one time step";
+  FusionHeadArgs a = args;
+  if (a.rows == nullptr) {
+    static thread_local std::vector<int64_t> identity;
+    for (int64_t i = static_cast<int64_t>(identity.size()); i < 3 * a.B; ++i) identity.push_back(i % 3);
+    a.rows = identity.data();
+  }
   switch (dtype) {
     case kFloat32: run<F32>(a); return nullptr;
     case kFloat16: run<F16>(a); return nullptr;

@@ -300,3 +300,45 @@ def test_cpu_kernel_gemm_form_writes_rows_and_reads_strides():
         torch.testing.assert_close(emb[b, rows[b]], ref[b], rtol=1e-5, atol=1e-5)
         untouched = [i for i in range(10) if i not in rows[b].tolist()]
         assert (emb[b, untouched] == 7.0).all()
+
+
+# The CPU kernel's GEMV form (B < 8): each weight row against groups of 4 batch rows and a remainder of
+# 1-3 (B = 5, 6, 7), rows long enough for the unrolled vector loop plus a scalar tail (K = 80, 72, 83).
+GEMV_SHAPES = [(5, 3, 4, 80, 72, 50), (6, 2, 5, 72, 83, 41), (7, 8, 1, 83, 80, 64)]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", GEMV_SHAPES)
+def test_cpu_kernel_gemv_form_matches_float64_reference(shape, dtype):
+    zv, za, w = _make(*shape, dtype=dtype, seed=shape[0])
+    ref = fusion_head_ref(_f64(zv), _f64(za), FusionHeadWeights(*map(_f64, w)))
+    out = fusion_head(zv, za, w, backend="cpu")
+    _check("out", out, ref, fusion_head_ref(zv, za, w), 2, dtype)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_scratch_reuse_across_shapes():
+    # The kernel keeps its scratch (and the identity rows of a fresh [B, 3, D]) across calls, growing it
+    # when needed: larger, smaller and differently shaped calls in turn, both forms, each against the
+    # reference (stale values or padding left from the previous call would show).
+    for shape in [(70, 2, 3, 16, 9, 65), (3, 8, 8, 24, 40, 70), (21, 8, 8, 24, 40, 70), (9, 4, 4, 40, 8, 33)]:
+        zv, za, w = _make(*shape, seed=shape[0])
+        ref = fusion_head_ref(_f64(zv), _f64(za), FusionHeadWeights(*map(_f64, w)))
+        _check(
+            "out", fusion_head(zv, za, w, backend="cpu"), ref, fusion_head_ref(zv, za, w), 2, torch.float32
+        )
+
+
+@needs_cpu_kernel
+def test_cpu_backend_under_fake_tensors_goes_through_the_op():
+    # Eager calls skip the torch.library dispatch; anything that traces (here FakeTensorMode) must still
+    # reach the op (its fake kernel), never the C++ kernel with fake data pointers.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    zv, za, w = _make(2, 3, 4, 5, 6, 7)
+    with FakeTensorMode() as mode:
+        fzv, fza = mode.from_tensor(zv), mode.from_tensor(za)
+        fw = FusionHeadWeights(*(mode.from_tensor(t) for t in w))
+        out = fusion_head(fzv, fza, fw, folded_gate=fold_gate(fw), backend="cpu")
+    assert type(out) is not torch.Tensor and out.shape == (2, 3, 7)
