@@ -267,8 +267,9 @@ def test_ops_module_matches_reference():
 
 # The CPU kernel's GEMM form (csrc/fusion_head_cpu.cpp, B >= kGemmMinB = 8): batch sizes that fill a
 # partial vector (8 of 16), several register tiles with a partial one (21), and more than one 64-column
-# block (70); D, dm not multiples of the 6-row tile; small widths so it runs in a moment.
-GEMM_SHAPES = [(8, 3, 5, 13, 20, 33), (21, 8, 8, 24, 40, 70), (70, 2, 3, 16, 9, 65)]
+# block (70); D, dm not multiples of the 6-row tile; D and dm over several 48-row chunks, the last one
+# partial (101 = 2·48 + 5, 61 = 48 + 13); small widths so it runs in a moment.
+GEMM_SHAPES = [(8, 3, 5, 13, 20, 33), (21, 8, 8, 24, 40, 70), (70, 2, 3, 16, 9, 65), (16, 4, 4, 50, 61, 101)]
 
 
 @needs_cpu_kernel
@@ -284,7 +285,7 @@ def test_cpu_kernel_gemm_form_matches_float64_reference(shape, dtype):
 
 @needs_cpu_kernel
 def test_cpu_kernel_gemm_form_writes_rows_and_reads_strides():
-    B, D = 19, 33
+    B, D = 19, 101  # D over three 48-row chunks: each one's rows land in the right place
     zv, za, w = _make(B, 8, 8, 13, 20, D, seed=4)
     zv = zv.transpose(1, 2).contiguous().transpose(1, 2)  # [B,T,d] with d-stride T
     w = w._replace(
