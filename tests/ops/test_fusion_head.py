@@ -51,13 +51,18 @@ def _check(name, ours, ref, plain, factor, dtype):
 
 
 SHAPES = [(1, 1, 1, 5, 9, 7), (2, 7, 8, 13, 20, 33), (3, 8, 8, 24, 40, 70), (2, 33, 7, 16, 9, 65)]
+# The CPU kernel's GEMM form (csrc/fusion_head_cpu.cpp, B >= kGemmMinB = 8): batch sizes that fill a
+# partial vector (8 of 16), several register tiles with a partial one (21), and more than one 64-column
+# block (70); D, dm not multiples of the 6-row tile; D and dm over several 48-row chunks, the last one
+# partial (101 = 2·48 + 5, 61 = 48 + 13); small widths so it runs in a moment.
+GEMM_SHAPES = [(8, 3, 5, 13, 20, 33), (21, 8, 8, 24, 40, 70), (70, 2, 3, 16, 9, 65), (16, 4, 4, 50, 61, 101)]
 
 
 @needs_cpu_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + GEMM_SHAPES)  # both forms: GEMV (B < 8) and GEMM
 def test_cpu_kernel_matches_float64_reference(shape, dtype):
-    zv, za, w = _make(*shape, dtype=dtype)
+    zv, za, w = _make(*shape, dtype=dtype, seed=shape[0])
     ref = fusion_head_ref(_f64(zv), _f64(za), FusionHeadWeights(*map(_f64, w)))
     out = fusion_head(zv, za, w, backend="cpu")
     assert out.dtype == dtype
@@ -263,24 +268,6 @@ def test_ops_module_matches_reference():
         )
     head(zv, za).sum().backward()  # "auto" with a gradient: every parameter gets one
     assert all(p.grad is not None for p in head.parameters())
-
-
-# The CPU kernel's GEMM form (csrc/fusion_head_cpu.cpp, B >= kGemmMinB = 8): batch sizes that fill a
-# partial vector (8 of 16), several register tiles with a partial one (21), and more than one 64-column
-# block (70); D, dm not multiples of the 6-row tile; D and dm over several 48-row chunks, the last one
-# partial (101 = 2·48 + 5, 61 = 48 + 13); small widths so it runs in a moment.
-GEMM_SHAPES = [(8, 3, 5, 13, 20, 33), (21, 8, 8, 24, 40, 70), (70, 2, 3, 16, 9, 65), (16, 4, 4, 50, 61, 101)]
-
-
-@needs_cpu_kernel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", GEMM_SHAPES)
-def test_cpu_kernel_gemm_form_matches_float64_reference(shape, dtype):
-    zv, za, w = _make(*shape, dtype=dtype, seed=shape[0])
-    ref = fusion_head_ref(_f64(zv), _f64(za), FusionHeadWeights(*map(_f64, w)))
-    out = fusion_head(zv, za, w, backend="cpu")
-    assert out.dtype == dtype
-    _check("out", out, ref, fusion_head_ref(zv, za, w), 2, dtype)
 
 
 @needs_cpu_kernel
