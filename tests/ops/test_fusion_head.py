@@ -50,6 +50,14 @@ def _check(name, ours, ref, plain, factor, dtype):
     assert_close_to_ref(name, ours, ref, plain, dtype, grad=factor != 2)
 
 
+def _assert_rows_written(emb: torch.Tensor, rows: torch.Tensor, ref: torch.Tensor) -> None:
+    """emb [B, L, D] (filled with 7.0 before the call) holds ref[b] at rows[b] and nothing else changed."""
+    for b in range(emb.shape[0]):
+        torch.testing.assert_close(emb[b, rows[b]], ref[b], rtol=1e-5, atol=1e-5)
+        untouched = [i for i in range(emb.shape[1]) if i not in rows[b].tolist()]
+        assert (emb[b, untouched] == 7.0).all()
+
+
 SHAPES = [(1, 1, 1, 5, 9, 7), (2, 7, 8, 13, 20, 33), (3, 8, 8, 24, 40, 70), (2, 33, 7, 16, 9, 65)]
 # The CPU kernel's GEMM form (csrc/fusion_head_cpu.cpp, B >= kGemmMinB = 8): batch sizes that fill a
 # partial vector (8 of 16), several register tiles with a partial one (21), and more than one 64-column
@@ -78,11 +86,7 @@ def test_cpu_kernel_writes_rows_of_inputs_embeds_and_reads_strides():
     emb = torch.full((B, 10, D), 7.0)
     rows = torch.tensor([[0, 4, 9], [2, 3, 5], [9, 1, 0]])
     assert fusion_head(zv, za, w, backend="cpu", out=emb, rows=rows) is emb
-    ref = fusion_head_ref(zv, za, w, upcast=True)
-    for b in range(B):
-        torch.testing.assert_close(emb[b, rows[b]], ref[b], rtol=1e-5, atol=1e-5)
-        untouched = [i for i in range(10) if i not in rows[b].tolist()]
-        assert (emb[b, untouched] == 7.0).all()
+    _assert_rows_written(emb, rows, fusion_head_ref(zv, za, w, upcast=True))
 
 
 @needs_cpu_kernel
@@ -283,11 +287,7 @@ def test_cpu_kernel_gemm_form_writes_rows_and_reads_strides():
     rows = torch.randperm(10, generator=torch.Generator().manual_seed(1))[:3].expand(B, 3).contiguous()
     rows[::2] = rows[::2].flip(-1)
     assert fusion_head(zv, za, w, backend="cpu", out=emb, rows=rows) is emb
-    ref = fusion_head_ref(zv, za, w, upcast=True)
-    for b in range(B):
-        torch.testing.assert_close(emb[b, rows[b]], ref[b], rtol=1e-5, atol=1e-5)
-        untouched = [i for i in range(10) if i not in rows[b].tolist()]
-        assert (emb[b, untouched] == 7.0).all()
+    _assert_rows_written(emb, rows, fusion_head_ref(zv, za, w, upcast=True))
 
 
 # The CPU kernel's GEMV form (B < 8): each weight row against groups of 4 batch rows and a remainder of
