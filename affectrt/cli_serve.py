@@ -79,8 +79,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the LLM decode step for one-clip batches (~1.5x per token on CPU after ~20 s of "
-        "compilation; pays for long answers or many single clips; needs a C++ compiler on CPU)",
+        help="torch.compile the LLM decode step for one-clip batches: pays where a step is dispatch-bound (a small "
+        "LLM: ~1.5x per token on a 2-core CPU after ~20 s of compilation), not for a 7B LLM that is bound by "
+        "weight bandwidth; needs a C++ compiler on CPU",
     )
     g = p.add_argument_group("question and decoding")
     g.add_argument(
