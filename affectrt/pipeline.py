@@ -24,6 +24,7 @@ from affectrt.compile import COMPILED_DECODE_MAX_ROWS, check_compiler, compiled_
 from affectrt.generate import GenerationConfig, generate
 from affectrt.media.preprocess import clip_pixels
 from affectrt.models.affectgpt import AffectGPT
+from affectrt.models.packed import pack_projections
 from affectrt.text.prompts import QUESTIONS, build_prompt, postprocess_answer
 from affectrt.text.splice import inference_batch
 from affectrt.text.tokenizer import Tokenizer
@@ -109,7 +110,11 @@ class AffectGPTPipeline:
         precision: str = "auto",
         compile_model: bool = False,
     ) -> None:
-        """``precision``: the compute dtype of encoders and fusion head (weights stay float32):
+        """The LLM's projections are packed for inference (:func:`affectrt.models.packed.pack_projections`:
+        the same computation in fewer GEMMs; the parameters become views, so a merge or a dtype change belongs
+        before the pipeline is built).
+
+        ``precision``: the compute dtype of encoders and fusion head (weights stay float32):
 
         - ``"auto"``: the release's rule, float16 autocast on CUDA (its ``maybe_autocast``) and float32 on CPU
           (where its autocast is a no-op);
@@ -125,6 +130,7 @@ class AffectGPTPipeline:
         ``encode_audio`` and ``fuse`` taking and returning what the model's methods do.
         """
         self.model = model.eval().to(device)
+        pack_projections(self.model.llm)
         self.encoders = encoders
         self.tokenizer = tokenizer
         self.device = torch.device(device)

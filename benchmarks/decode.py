@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HelpFormatter, run_metadata, sync  # noqa: E402
 from latency import prepare_models, quiet_third_party  # noqa: E402
 
+from affectrt.cpu_alloc import keep_freed_memory  # noqa: E402
 from affectrt.generate import GenerationConfig, generate  # noqa: E402
+from affectrt.models.packed import pack_projections  # noqa: E402
 
 
 def left_padded_batch(embed: torch.nn.Module, batch: int, lengths: tuple[int, int], seed: int = 0):
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out-dir", type=Path, default=Path("bench_results"), help="where decode.json goes")
     args = ap.parse_args(argv)
     quiet_third_party()
+    keep_freed_memory()  # both sides: this process is a server's
     device = torch.device(args.device)
     pipe, up = prepare_models(args.preset, "frame", device, baseline=True)
     llm, hf = pipe.model.llm, up.llm
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         from affectrt.models.lora import merge_lora
 
         merge_lora(llm)
+    pack_projections(llm)  # affectrt's inference layout, as AffectGPTPipeline sets it up
     embeds, mask = left_padded_batch(hf.get_input_embeddings(), args.batch, tuple(args.prompt))
     ours_embeds = embeds.to(llm.embed_tokens.weight.dtype)
 

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from affectrt.config import Qwen2Config
 from affectrt.models.hf_io import check_keys, load_state_dict, read_config
 from affectrt.models.kv_cache import StaticKVCache, attention_mask_for_cache
+from affectrt.models.packed import PackedLinears, project
 
 
 def qwen2_config_from_hf(cfg: dict) -> Qwen2Config:
@@ -130,6 +131,11 @@ class Qwen2Attention(nn.Module):
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=True)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=True)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
+        # Inference layout (affectrt.models.packed.pack_projections); not part of the state dict.
+        self.packs: dict[str, PackedLinears] = {}
+
+    def group(self, name: str) -> tuple[nn.Module, ...]:
+        return (self.q_proj, self.k_proj, self.v_proj) if name == "qkv" else (self.o_proj,)
 
     def forward(
         self,
@@ -142,15 +148,16 @@ class Qwen2Attention(nn.Module):
     ) -> Tensor:
         """x [B, L, d]; mask [B, 1, L, K] bool or None (= plain causal, no cache)."""
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = project(self.packs.get("qkv"), self.group("qkv"), x)
+        q = q.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, cache_position, k, v)
         gqa = self.num_heads != self.num_kv_heads
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
-        return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
+        return project(self.packs.get("o"), self.group("o"), y.transpose(1, 2).reshape(B, L, -1))[0]
 
 
 class Qwen2MLP(nn.Module):
@@ -159,9 +166,14 @@ class Qwen2MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.packs: dict[str, PackedLinears] = {}  # as Qwen2Attention.packs
+
+    def group(self, name: str) -> tuple[nn.Module, ...]:
+        return (self.gate_proj, self.up_proj) if name == "gate_up" else (self.down_proj,)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project(self.packs.get("gate_up"), self.group("gate_up"), x)
+        return project(self.packs.get("down"), self.group("down"), F.silu(gate) * up)[0]
 
 
 class Qwen2DecoderLayer(nn.Module):
