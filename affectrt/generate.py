@@ -228,6 +228,11 @@ def generate(
     # token). On CUDA the loop asks whether every row has stopped only every few steps: each question is a
     # host sync, and a stopped row just keeps being fed the pad token until then.
     pos = torch.full((1,), L, dtype=torch.long, device=device)
+    # The decode steps' mask and positions, built once: slot s >= L is a real token, so a row's position there
+    # is its prompt's real tokens + (s - L), what forward_hidden's cumsum(mask) - 1 gives, and the query at slot
+    # s attends the real slots up to s.
+    step_mask = mask.bool()[:, None, None, :]
+    row_pos = mask[:, :L].sum(-1, keepdim=True)
     decode_step = model if step is None else step
     check_every = _STOP_CHECK_EVERY.get(device.type, 8)
     for i in steps:
@@ -246,9 +251,16 @@ def generate(
         if i + 1 == gen.max_new_tokens or ((i + 1) % check_every == 0 and bool(finished.all())):
             break
         cache.length = L + i + 1  # the slots filled once this token is written: a host int, no sync
-        logits = decode_step(input_ids=nxt[:, None], attention_mask=mask, kv_cache=cache, cache_position=pos)
+        logits = decode_step(
+            input_ids=nxt[:, None],
+            attention_mask=step_mask[..., : cache.length],
+            position_ids=row_pos,
+            kv_cache=cache,
+            cache_position=pos,
+        )
         logits = logits[:, -1].float()
         pos += 1
+        row_pos += 1
     if progress and hasattr(steps, "close"):
         steps.close()
     out_list, len_list = out.tolist(), lengths.tolist()

@@ -156,7 +156,8 @@ def project(pack: PackedLinears | None, mods: Sequence[nn.Module], x: Tensor) ->
 
 
 def pack_projections(llm: nn.Module) -> int:
-    """Pack each decoder layer's q/k/v, o, gate/up and down of ``llm`` (a Qwen2); returns the groups (re)packed.
+    """Pack each decoder layer's q/k/v, o, gate/up and down of ``llm`` (a Qwen2), and an untied ``lm_head``
+    (tied, it is the embedding table, which lookups read by rows); returns the groups (re)packed.
 
     Idempotent: intact groups are kept. Pack after choosing the dtype, device and merged state (a later ``.to()``
     or merge only makes the groups fall back to their modules until packed again).
@@ -169,15 +170,19 @@ def pack_projections(llm: nn.Module) -> int:
                 if pack is None or not pack.intact():
                     owner.packs[name] = PackedLinears(owner.group(name))
                     n += 1
+    head = llm.packs.get("lm_head")
+    if llm.lm_head is not None and (head is None or not head.intact()):
+        llm.packs["lm_head"] = PackedLinears([llm.lm_head])
+        n += 1
     return n
 
 
 def unpack_projections(llm: nn.Module) -> None:
     """Undo :func:`pack_projections`: every parameter gets its own contiguous storage again."""
+    owners = [llm] + [o for layer in llm.layers for o in (layer.self_attn, layer.mlp)]
     with torch.inference_mode(False), torch.no_grad():
-        for layer in llm.layers:
-            for owner in (layer.self_attn, layer.mlp):
-                for pack in owner.packs.values():
-                    for p in pack._params:
-                        _repoint(p, p.data.clone(memory_format=torch.contiguous_format))
-                owner.packs.clear()
+        for owner in owners:
+            for pack in owner.packs.values():
+                for p in pack._params:
+                    _repoint(p, p.data.clone(memory_format=torch.contiguous_format))
+            owner.packs.clear()

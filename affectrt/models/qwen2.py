@@ -148,16 +148,31 @@ class Qwen2Attention(nn.Module):
     ) -> Tensor:
         """x [B, L, d]; mask [B, 1, L, K] bool or None (= plain causal, no cache)."""
         B, L, _ = x.shape
-        q, k, v = project(self.packs.get("qkv"), self.group("qkv"), x)
-        q = q.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        pack = self.packs.get("qkv")
+        if pack is not None and pack.usable():
+            y = pack(x)
+            # One RoPE over the query and key heads side by side: the same products per element, half the ops.
+            qk = apply_rope(y[..., : (H + Hkv) * D].view(B, L, H + Hkv, D).transpose(1, 2), cos, sin)
+            q, k, v = qk[:, :H], qk[:, H:], y[..., (H + Hkv) * D :]
+        else:
+            q, k, v = (m(x) for m in self.group("qkv"))
+            q = apply_rope(q.view(B, L, H, D).transpose(1, 2), cos, sin)
+            k = apply_rope(k.view(B, L, Hkv, D).transpose(1, 2), cos, sin)
+        v = v.view(B, L, Hkv, D).transpose(1, 2)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, cache_position, k, v)
-        gqa = self.num_heads != self.num_kv_heads
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
-        return project(self.packs.get("o"), self.group("o"), y.transpose(1, 2).reshape(B, L, -1))[0]
+        if L == 1 and mask is not None and H != Hkv:
+            # One new token: the G = H / Hkv query heads that share a key/value head (head h reads kv head
+            # h // G, as repeat_kv) are G queries of one attention over that head, sparing SDPA's GQA expansion.
+            y = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), k, v, attn_mask=mask)
+        else:
+            gqa = H != Hkv
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa
+            )
+            y = y.transpose(1, 2)
+        return project(self.packs.get("o"), self.group("o"), y.reshape(B, L, H * D))[0]
 
 
 class Qwen2MLP(nn.Module):
@@ -216,6 +231,7 @@ class Qwen2ForCausalLM(nn.Module):
             None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         )
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        self.packs: dict[str, PackedLinears] = {}  # "lm_head", as Qwen2Attention.packs
         # Recompute each layer in the backward pass (training only) to save activation memory.
         self.gradient_checkpointing = False
 
@@ -244,8 +260,9 @@ class Qwen2ForCausalLM(nn.Module):
         - ``kv_cache``: the new keys/values are written at ``cache_position`` (default 0..L-1, i.e. a
           prefill) and the queries attend over all cached slots.
         - ``position_ids`` [B, L]: default (cumsum(mask) - 1)[:, cache_position], or cache_position.
-        - A 4-D boolean ``attention_mask`` [B, 1, L, L] (True = attend) is used as given, without a cache
-          (the training forward's right-padding mask, :func:`training_attention_mask`).
+        - A 4-D boolean ``attention_mask`` [B, 1, L, K] (True = attend) is used as given: K = L without a cache
+          (the training forward's right-padding mask, :func:`training_attention_mask`), K =
+          ``kv_cache.attend_len`` with one (``generate`` builds a decode step's mask once per answer).
         Without cache and mask the attention is plain causal (training on unpadded rows).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -255,8 +272,12 @@ class Qwen2ForCausalLM(nn.Module):
         if cache_position is None:
             cache_position = torch.arange(L, device=x.device)
         full_mask = attention_mask is not None and attention_mask.dim() == 4
-        if full_mask and kv_cache is not None:
-            raise ValueError("Qwen2ForCausalLM: a 4-D attention_mask cannot be combined with a kv_cache")
+        keys = L if kv_cache is None else kv_cache.attend_len
+        if full_mask and attention_mask.shape[-1] != keys:
+            raise ValueError(
+                f"Qwen2ForCausalLM: a 4-D attention_mask needs {keys} key columns (L without a kv_cache, "
+                f"kv_cache.attend_len with one), got shape {tuple(attention_mask.shape)}"
+            )
         if position_ids is None:
             if full_mask:
                 position_ids = cache_position[None].expand(B, -1)
@@ -284,8 +305,9 @@ class Qwen2ForCausalLM(nn.Module):
 
     def logits_from_hidden(self, hidden: Tensor) -> Tensor:
         """[..., d] -> logits [..., V] in the model dtype (as HF; ``generate`` upcasts to float32)."""
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, w)
+        if self.lm_head is None:
+            return F.linear(hidden, self.embed_tokens.weight)
+        return project(self.packs.get("lm_head"), (self.lm_head,), hidden)[0]
 
     def forward(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -45,23 +46,26 @@ def logits(model: Qwen2ForCausalLM) -> torch.Tensor:
         return model(ids, attention_mask=mask)
 
 
+def owners(model: Qwen2ForCausalLM) -> list[torch.nn.Module]:
+    return [model] + [o for layer in model.layers for o in (layer.self_attn, layer.mlp)]
+
+
 def packs_used(model: Qwen2ForCausalLM) -> bool:
     with torch.inference_mode():
-        return all(
-            p.usable()
-            for layer in model.layers
-            for o in (layer.self_attn, layer.mlp)
-            for p in o.packs.values()
-        )
+        return all(p.usable() for o in owners(model) for p in o.packs.values())
+
+
+GROUPS = 4 * CFG.num_layers + 1  # q/k/v, o, gate/up, down per layer; lm_head
 
 
 @pytest.mark.parametrize(
-    "variant", ["lora_fp32", "merged", "no_lora", "some_targets", "bf16_base", "mixed_scales"]
+    "variant", ["lora_fp32", "merged", "no_lora", "some_targets", "bf16_base", "mixed_scales", "tied"]
 )
 def test_packed_logits_equal_module_by_module(variant):
     model = lora_llm(targets=("q_proj", "v_proj", "down_proj") if variant == "some_targets" else TARGETS)
-    if variant == "no_lora":
-        model = Qwen2ForCausalLM(CFG).eval()
+    if variant in ("no_lora", "tied"):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(dataclasses.replace(CFG, tie_word_embeddings=variant == "tied")).eval()
     if variant == "merged":
         merge_lora(model)
     if variant == "bf16_base":
@@ -72,7 +76,7 @@ def test_packed_logits_equal_module_by_module(variant):
     if variant == "mixed_scales":
         model.layers[0].self_attn.k_proj.scale = 5.0
     want = logits(model)
-    assert pack_projections(model) == 4 * CFG.num_layers
+    assert pack_projections(model) == GROUPS - (variant == "tied")  # a tied lm_head is the embedding table
     assert packs_used(model)
     got = logits(model)
     # The same products in the same order: equal to float32 rounding (bit-equal on the machines tried).
@@ -115,7 +119,7 @@ def test_replaced_tensors_or_a_merge_fall_back_to_the_modules():
     merge_lora(model)  # in place, but the adapters must no longer be added
     assert not packs_used(model)
     torch.testing.assert_close(logits(model), want, atol=1e-5, rtol=1e-5)
-    assert pack_projections(model) == 4 * CFG.num_layers  # packed again, now without adapters
+    assert pack_projections(model) == GROUPS - 1  # packed again without adapters; lm_head (none) is intact
     assert packs_used(model) and model.layers[0].self_attn.packs["qkv"].bt is None
     torch.testing.assert_close(logits(model), want, atol=1e-5, rtol=1e-5)
 
@@ -157,7 +161,7 @@ def test_unpack_gives_each_parameter_its_own_storage():
     ptrs = [p.untyped_storage().data_ptr() for p in model.parameters()]
     assert len(set(ptrs)) == len(ptrs)
     assert all(p.is_contiguous() for p in model.parameters())
-    assert all(not o.packs for layer in model.layers for o in (layer.self_attn, layer.mlp))
+    assert all(not o.packs for o in owners(model))
     torch.testing.assert_close(logits(model), want, atol=0, rtol=0)
 
 

@@ -197,3 +197,19 @@ def test_training_backward_and_checkpointing(pair):
     assert plain["layers.0.self_attn.q_proj.weight"].abs().sum() > 0
     for n in plain:
         torch.testing.assert_close(ck[n], plain[n], atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_4d_mask_with_a_cache_covers_the_attended_slots(pair):
+    _, ours = pair
+    ids, mask = left_padded()
+    cache = StaticKVCache.for_model(ours, ids.shape[0], SEQ + 2)
+    cache.length = SEQ
+    want = ours(ids, attention_mask=mask, kv_cache=cache)
+    allowed = mask.bool()[:, None, None, :] & torch.ones(SEQ, SEQ, dtype=torch.bool).tril()[None, None]
+    allowed |= torch.eye(SEQ, dtype=torch.bool)[None, None]  # a padding query sees itself, as the 2-D path
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    got = ours(ids, attention_mask=allowed, position_ids=pos, kv_cache=cache)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="needs 9 key columns"):
+        ours(ids, attention_mask=allowed[..., :-1], position_ids=pos, kv_cache=cache)
