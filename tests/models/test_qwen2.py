@@ -213,3 +213,17 @@ def test_4d_mask_with_a_cache_covers_the_attended_slots(pair):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="needs 9 key columns"):
         ours(ids, attention_mask=allowed[..., :-1], position_ids=pos, kv_cache=cache)
+
+
+@pytest.mark.parametrize("dim", [64, 3584])
+def test_rmsnorm_inference_kernel_equals_the_hf_formula_bit_for_bit(dim):
+    from affectrt.models.qwen2 import RMSNorm
+
+    norm = RMSNorm(dim, 1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 5, dim) * 3
+    with torch.no_grad():
+        fused = norm(x)  # torch's rms_norm kernel
+    composite = norm(x).detach()  # with autograd: HF's formula, op by op
+    assert torch.equal(fused, composite)
