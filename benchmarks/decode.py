@@ -7,7 +7,8 @@ Both sides decode one left-padded batch of prompt embeddings (lengths spread lik
 same LLM: affectrt's Qwen2 with unmerged fp32 LoRA, and transformers' Qwen2ForCausalLM with the same LoRA
 through peft (the release's model), greedy, no stop strings, exactly ``--new-tokens`` tokens. A token's cost is
 (time of prefill + N tokens − time of prefill + 1 token) / (N − 1), so the prompt is not counted; tokens/s
-counts every row. Interleaved repeats, medians. Prints ``target 5: batch-16 decode N.NNx``.
+counts every row. Interleaved repeats, medians. Prints ``target 5: batch-16 decode N.NNx``. ``--profile`` also
+prints where one decode step of each side spends its time (``torch.profiler``, the same difference of two runs).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
         default="float32",
         help="affectrt's LLM base-weight dtype (LoRA stays float32); transformers stays float32. bfloat16 pays on "
         "CPUs with AMX / AVX512-BF16, float16 on GPUs (the release's dtype there)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print each side's operators per decode step by self time (decode_profile.txt in --out-dir)",
     )
     ap.add_argument("--out-dir", type=Path, default=Path("bench_results"), help="where decode.json goes")
     args = ap.parse_args(argv)
@@ -134,7 +140,31 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"target 5: batch-{args.batch} decode {result['speedup']:.2f}x (goal >= 2x)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "decode.json").write_text(json.dumps(result, indent=2))
+    if args.profile:
+        report = "\n".join(profile_step(name, fn, args.new_tokens) for name, fn in sides.items())
+        print(report)
+        (args.out_dir / "decode_profile.txt").write_text(report + "\n")
     return result
+
+
+def profile_step(name: str, fn, n: int, top: int = 15) -> str:
+    """The operators of one decode step by self CPU time: (profile of n tokens - profile of 1) / (n - 1)."""
+    from torch.profiler import profile
+
+    runs = {}
+    for k in (1, n):
+        with profile() as prof:
+            fn(k)
+        runs[k] = {e.key: (e.self_cpu_time_total, e.count) for e in prof.key_averages()}
+    rows = []
+    for key, (t, c) in runs[n].items():
+        t1, c1 = runs[1].get(key, (0.0, 0))
+        rows.append(((t - t1) / (n - 1), (c - c1) / (n - 1), key))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    lines = [f"{name}: {total / 1e3:.2f} ms of operator self time per decode step (under the profiler)"]
+    lines += [f"  {t:9.1f} us {c:6.1f} calls  {key}" for t, c, key in rows[:top]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
