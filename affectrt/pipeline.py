@@ -110,9 +110,9 @@ class AffectGPTPipeline:
         precision: str = "auto",
         compile_model: bool = False,
     ) -> None:
-        """The LLM's projections are packed for inference (:func:`affectrt.models.packed.pack_projections`:
-        the same computation in fewer GEMMs; the parameters become views, so a merge or a dtype change belongs
-        before the pipeline is built).
+        """The LLM's projections are packed for inference when it first generates
+        (:func:`affectrt.models.packed.pack_projections`: the same computation in fewer GEMMs; the parameters
+        become views, so the model's memory does not grow).
 
         ``precision``: the compute dtype of encoders and fusion head (weights stay float32):
 
@@ -130,7 +130,6 @@ class AffectGPTPipeline:
         ``encode_audio`` and ``fuse`` taking and returning what the model's methods do.
         """
         self.model = model.eval().to(device)
-        pack_projections(self.model.llm)
         self.encoders = encoders
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -251,6 +250,7 @@ class AffectGPTPipeline:
         if keep > 0 and embeds.shape[1] > keep:
             embeds, mask = embeds[:, -keep:], mask[:, -keep:]
         step = self._decode_step if embeds.shape[0] <= COMPILED_DECODE_MAX_ROWS else None
+        pack_projections(self.model.llm)  # once; later calls only check that the packs are intact
         rows = generate(self.model.llm, inputs_embeds=embeds, attention_mask=mask, gen=gen, step=step)
         return [self.decode(r) for r in rows]
 

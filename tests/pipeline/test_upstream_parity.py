@@ -133,6 +133,10 @@ def test_every_stage_and_greedy_answer_match(both):
     pipe, up, clip, extra = both
     ids = assert_parity(pipe, up, clip)
     assert len(ids) >= 5 and ids[-1] == extra  # a real answer, ended by the folder's extra eos id
+    llm = pipe.model.llm  # the answers above came from the packed inference layout
+    packs = [p for layer in llm.layers for o in (layer.self_attn, layer.mlp) for p in o.packs.values()]
+    with torch.inference_mode():
+        assert len(packs) == 4 * len(llm.layers) and all(p.usable() for p in packs)
 
 
 def test_production_path_writes_into_the_placeholder_rows(both):
