@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.config import CLIPVisionConfig
+from affectrt.models.activations import gelu, quick_gelu
 from affectrt.models.hf_io import check_keys, load_converted, load_state_dict, read_config
 
 # Defaults of transformers' CLIPVisionConfig / CLIPConfig: config.json files omit keys equal to them.
@@ -40,12 +41,8 @@ _HF_PROJECTION_DIM = 512
 _IGNORED_PREFIXES = ("text_model.", "text_projection.", "logit_scale", "vision_model.embeddings.position_ids")
 
 
-def quick_gelu(x: Tensor) -> Tensor:
-    """CLIP's GELU approximation: x * sigmoid(1.702 x)."""
-    return x * torch.sigmoid(1.702 * x)
-
-
-_ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
+# Fresh fc1 outputs only: at inference these overwrite their input (affectrt.models.activations).
+_ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu}
 
 
 def clip_vision_config_from_hf(cfg: dict) -> CLIPVisionConfig:

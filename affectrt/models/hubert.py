@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.config import HubertConfig
+from affectrt.models.activations import gelu
 from affectrt.models.hf_io import check_keys, load_converted, load_state_dict, read_config
 
 # Defaults of transformers' HubertConfig: config.json files omit keys equal to them.
@@ -115,7 +116,7 @@ class ConvLayer(nn.Module):
         nhwc = x.transpose(1, 2).unsqueeze(2)  # [N, C, 1, T] view with channels-last strides
         w = self.conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         y = F.conv2d(nhwc, w, self.conv.bias, stride=(1, self.conv.stride[0]))
-        return F.gelu(self.norm(y.permute(0, 2, 3, 1).squeeze(1)))
+        return gelu(self.norm(y.permute(0, 2, 3, 1).squeeze(1)))  # in place at inference
 
 
 class Attention(nn.Module):
@@ -147,7 +148,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln1(x))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return x + self.fc2(gelu(self.fc1(self.ln2(x))))
 
 
 class HubertEncoder(nn.Module):
@@ -188,7 +189,7 @@ class HubertEncoder(nn.Module):
         pos = self.pos_conv(h.transpose(1, 2))
         if self.pos_trim:
             pos = pos[:, :, : -self.pos_trim]
-        return h + F.gelu(pos).transpose(1, 2)
+        return h + gelu(pos).transpose(1, 2)
 
     def forward(self, input_values: Tensor) -> list[Tensor]:
         """[N, S] audio -> ``num_layers + 1`` hidden states [N, T, d], the last one after the final LN."""
