@@ -81,8 +81,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         if dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled():
-            # torch's fused kernel: on CPU in float32 the same result bit for bit (the casts are no-ops and
-            # w·(x·r) = (x·r)·w), in one op instead of seven: a decode step runs 2·layers + 1 of these.
+            # torch's rms_norm: on CPU in float32 the same result bit for bit (the casts are no-ops and
+            # w·(x·r) = (x·r)·w). It runs the same elementwise ops, but from C++: ~14 instead of ~21 µs per call
+            # at [16, 1, 256], and a decode step makes 2·layers + 1 of these calls.
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
