@@ -1,22 +1,25 @@
-"""Inference layout of the LLM's projections: the linears that read one input share one transposed weight.
+"""Inference layout of the LLM's projections: the linears that read one input share one weight matrix.
 
-A decode step multiplies a few rows (one per clip in the batch) by every projection. At so few rows a GEMM's
-cost is mostly fixed, and MKL runs ``x @ Wᵀ`` with W stored [out, in] (``nn.Linear``'s layout) well below
-``x @ Wt`` with Wt stored [in, out]: 74 µs against 45 µs for [16, 256] × [256, 768] on a 2-core Xeon.
-Unmerged LoRA triples the calls (base, A, B). So the linears i = 1..n of one group (q/k/v; o; gate/up; down)
-run as two GEMMs:
+A decode step multiplies a few rows (one per clip in the batch) by every projection, and unmerged LoRA triples
+the calls (base, A, B). So the linears i = 1..n of one group (q/k/v; o; gate/up; down; lm_head) run as two GEMMs:
 
-    [z | a] = x @ Wt + b        Wt = [W_1ᵀ … W_nᵀ | A_1ᵀ … A_nᵀ]   [in, ΣN_i + Σr_i]
-    y       = z + s · (a @ Bt)  Bt = blockdiag(B_1ᵀ … B_nᵀ)         [Σr_i, ΣN_i]
+    [z | a] = x @ Wᵀ + b        W  = [W_1; …; W_n; A_1; …; A_n]     [ΣN_i + Σr_i, in]
+    y       = z + s · (a @ Bᵀ)  B  = blockdiag(B_1, …, B_n)           [ΣN_i, Σr_i]
     y_i     = y[..., N_1 + … + N_{i-1} : … + N_i]
 
 which is the unmerged forward ``base(x) + s·B(A(x))`` (:class:`~affectrt.models.lora.LoRALinear`) term for
-term: the same products, the same order of multiply and add (A sits in Wt only when it has the base weight's
-dtype; otherwise a second GEMM computes ``a = x.float() @ At``, as peft's float32 adapters do). Linears
-without an adapter, or merged ones, have zero columns in Bt.
+term: the same products, the same order of multiply and add (A sits in W only when it has the base weight's
+dtype; otherwise a second GEMM computes ``a = x.float() @ Aᵀ``, as peft's float32 adapters do). Linears
+without an adapter, or merged ones, have zero columns in B.
 
-The modules keep their parameters, and each becomes a view into Wt, b, At or Bt: packing costs no memory, and
-in-place changes (``merge_lora``, loading adapters, an optimizer step) reach both. A change that replaces a
+The layout of the stacked matrices follows the GEMM that is fastest for them on a few rows (``python
+benchmarks/decode.py --dtype …`` shows the effect): float32 on the CPU stores them transposed, [in, out], as MKL
+multiplies a few rows by that layout faster than by nn.Linear's [out, in] (2.0 against 3.0 ms for
+[16, 1536] × [1536, 4096] on a 2-core Xeon); bfloat16 and float16, whose CPU GEMMs run the other way round
+(0.9 against 1.2 ms), and every CUDA dtype keep nn.Linear's layout.
+
+The modules keep their parameters, and each becomes a view into the stacked tensors: packing costs no memory,
+and in-place changes (``merge_lora``, loading adapters, an optimizer step) reach both. A change that replaces a
 tensor (``.to()``, ``p.data = …``, ``load_state_dict(assign=True)``) breaks the aliasing, and so does a change
 of a module's ``merged`` flag: the group then runs its modules again (checked on every call, by comparing
 pointers; a compiled graph skips the check). The packed form runs only without autograd (``generate``, the
@@ -28,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.models.lora import LoRALinear
@@ -41,8 +45,37 @@ def _repoint(param: nn.Parameter, view: Tensor) -> None:
     param.data = view
 
 
+def columns_layout(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a stack of ``dtype`` weights on ``device`` is stored [in, out] (module docstring)."""
+    return device.type == "cpu" and dtype == torch.float32
+
+
+class _Stack:
+    """Weights [n, in] stacked along their outputs into one matrix: rows [out, in] or columns [in, out]."""
+
+    def __init__(self, n_out: int, n_in: int, dtype: torch.dtype, device: torch.device, zeros: bool = False):
+        self.columns = columns_layout(dtype, device)
+        shape = (n_in, n_out) if self.columns else (n_out, n_in)
+        self.t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device=device)
+
+    def put(self, w: Tensor, out: int, inp: int = 0) -> Tensor:
+        """Copy w [n, k] to outputs out.. and inputs inp..; returns that block as a view shaped like w."""
+        n, k = w.shape
+        if self.columns:
+            self.t[inp : inp + k, out : out + n] = w.t()
+            return self.t[inp : inp + k, out : out + n].t()
+        self.t[out : out + n, inp : inp + k] = w
+        return self.t[out : out + n, inp : inp + k]
+
+    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x [M, in] -> x Wᵀ + bias [M, out]."""
+        if not self.columns:
+            return F.linear(x, self.t, bias)
+        return x @ self.t if bias is None else torch.addmm(bias, x, self.t)
+
+
 class PackedLinears:
-    """The linears ``mods`` (same input size, dtype and device) as one transposed GEMM (module docstring).
+    """The linears ``mods`` (same input size, dtype and device) as one stacked GEMM (module docstring).
 
     ``pack(x)`` [..., in] -> [..., ΣN_i], the outputs side by side in the order of ``mods``; ``sizes`` = N_i.
     Call it only when :meth:`usable` says so; else run the modules.
@@ -63,59 +96,48 @@ class PackedLinears:
                 raise ValueError("PackedLinears: the linears differ in input size, dtype or device")
         self.lora = [m for m in mods if isinstance(m, LoRALinear)]
         self._merged = tuple(m.merged for m in self.lora)
-        adapters = [m for m in self.lora if not m.merged]
         self.sizes = [b.out_features for b in bases]
         n_out, n_in = sum(self.sizes), bases[0].in_features
-        rank = sum(m.r for m in adapters)
-        a_dtype = adapters[0].lora_A.dtype if adapters else w0.dtype
-        a_in_wt = bool(adapters) and a_dtype == w0.dtype
-        self.split = n_out if a_in_wt else None  # where a begins in x @ Wt
-        self._dropouts = [m.dropout for m in adapters if isinstance(m.dropout, nn.Dropout)]
+        # (adapter, its columns in z) for every adapter still added at run time
+        adapters = [
+            (m, col)
+            for m, col in zip(mods, _offsets(self.sizes))
+            if isinstance(m, LoRALinear) and not m.merged
+        ]
+        rank = sum(m.r for m, _ in adapters)
+        a_dtype = adapters[0][0].lora_A.dtype if adapters else w0.dtype
+        self.split = n_out if adapters and a_dtype == w0.dtype else None  # where a begins in [z | a]
+        self._dropouts = [m.dropout for m, _ in adapters if isinstance(m.dropout, nn.Dropout)]
 
         # Normal tensors even under inference_mode: the parameters become views of them and an optimizer may
         # later update those in place.
         with torch.inference_mode(False), torch.no_grad():
-            kw = dict(dtype=w0.dtype, device=w0.device)
-            wt = torch.empty(n_in, n_out + (rank if a_in_wt else 0), **kw)
+            dev = w0.device
+            cols = n_out + (rank if self.split else 0)
+            self.w = _Stack(cols, n_in, w0.dtype, dev)
             has_bias = any(b.bias is not None for b in bases)
-            bias = torch.zeros(wt.shape[1], **kw) if has_bias else None
-            at = None if a_in_wt or not adapters else torch.empty(n_in, rank, dtype=a_dtype, device=w0.device)
-            bt = torch.zeros(rank, n_out, dtype=a_dtype, device=w0.device) if adapters else None
+            self.bias = torch.zeros(cols, dtype=w0.dtype, device=dev) if has_bias else None
+            self.a = None if self.split or not adapters else _Stack(rank, n_in, a_dtype, dev)
+            self.b = _Stack(n_out, rank, a_dtype, dev, zeros=True) if adapters else None
             views: list[tuple[nn.Parameter, Tensor]] = []
-            col = 0
-            for b, n in zip(bases, self.sizes):
-                wt[:, col : col + n] = b.weight.t()
-                views.append((b.weight, wt[:, col : col + n].t()))
+            for b, col, n in zip(bases, _offsets(self.sizes), self.sizes):
+                views.append((b.weight, self.w.put(b.weight, col)))
                 if b.bias is not None:
-                    bias[col : col + n] = b.bias
-                    views.append((b.bias, bias[col : col + n]))
-                col += n
-            a_cols = (wt, n_out) if a_in_wt else (at, 0)
-            a_col, b_row, b_col = a_cols[1], 0, 0
-            for m, n in zip(bases, self.sizes):
-                lora = next((x for x in adapters if x.base_layer is m), None)
-                if lora is not None:
-                    r = lora.r
-                    a_cols[0][:, a_col : a_col + r] = lora.lora_A.t()
-                    views.append((lora.lora_A, a_cols[0][:, a_col : a_col + r].t()))
-                    bt[b_row : b_row + r, b_col : b_col + n] = lora.lora_B.t()
-                    views.append((lora.lora_B, bt[b_row : b_row + r, b_col : b_col + n].t()))
-                    a_col, b_row = a_col + r, b_row + r
-                b_col += n
+                    self.bias[col : col + n] = b.bias
+                    views.append((b.bias, self.bias[col : col + n]))
+            a_stack, a_row = (self.w, n_out) if self.split else (self.a, 0)
+            for (m, col), r0 in zip(adapters, _offsets([m.r for m, _ in adapters])):
+                views.append((m.lora_A, a_stack.put(m.lora_A, a_row + r0)))
+                views.append((m.lora_B, self.b.put(m.lora_B, col, r0)))
             for p, v in views:
                 _repoint(p, v)
-        self.wt, self.bias, self.at, self.bt = wt, bias, at, bt
-        scales = {m.scale for m in adapters}
+        scales = {m.scale for m, _ in adapters}
         if len(scales) <= 1:
             self.scale: float | Tensor = scales.pop() if scales else 1.0
         else:  # per-column scale: the same one rounding per element as a scalar
-            s = torch.zeros(n_out, dtype=a_dtype, device=w0.device)
-            col = 0
-            for m, n in zip(mods, self.sizes):
-                if isinstance(m, LoRALinear) and not m.merged:
-                    s[col : col + n] = m.scale
-                col += n
-            self.scale = s
+            self.scale = torch.zeros(n_out, dtype=a_dtype, device=w0.device)
+            for (m, col), n in zip(adapters, (m.out_features for m, _ in adapters)):
+                self.scale[col : col + n] = m.scale
         self._params = tuple(p for p, _ in views)
         self._ptrs = tuple(p.data_ptr() for p in self._params)
 
@@ -135,17 +157,26 @@ class PackedLinears:
     def __call__(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        y = x2 @ self.wt if self.bias is None else torch.addmm(self.bias, x2, self.wt)
-        if self.bt is None:
+        y = self.w(x2, self.bias)
+        if self.b is None:
             return y.view(*lead, -1)
         if self.split is not None:
             y, a = y[:, : self.split], y[:, self.split :]
         else:
-            a = x2.to(self.at.dtype) @ self.at
+            a = self.a(x2.to(self.a.t.dtype))
         dtype = y.dtype
         # base (its dtype) + adapter (float32) promotes to float32, as LoRALinear's forward; one cast back.
-        y = (y + (a @ self.bt) * self.scale).to(dtype)
+        y = (y + self.b(a) * self.scale).to(dtype)
         return y.view(*lead, -1)
+
+
+def _offsets(sizes: Sequence[int]) -> list[int]:
+    """Where each of consecutive blocks of ``sizes`` starts."""
+    out, at = [], 0
+    for n in sizes:
+        out.append(at)
+        at += n
+    return out
 
 
 def project(pack: PackedLinears | None, mods: Sequence[nn.Module], x: Tensor) -> Sequence[Tensor]:

@@ -59,7 +59,8 @@ GROUPS = 4 * CFG.num_layers + 1  # q/k/v, o, gate/up, down per layer; lm_head
 
 
 @pytest.mark.parametrize(
-    "variant", ["lora_fp32", "merged", "no_lora", "some_targets", "bf16_base", "mixed_scales", "tied"]
+    "variant",
+    ["lora_fp32", "merged", "no_lora", "some_targets", "bf16_base", "float64", "mixed_scales", "tied"],
 )
 def test_packed_logits_equal_module_by_module(variant):
     model = lora_llm(targets=("q_proj", "v_proj", "down_proj") if variant == "some_targets" else TARGETS)
@@ -73,11 +74,16 @@ def test_packed_logits_equal_module_by_module(variant):
             for name, p in model.named_parameters():
                 if ".lora_" not in name:
                     p.data = p.data.to(torch.bfloat16)
+    if variant == "float64":  # nn.Linear's [out, in] layout, the adapters inside the base GEMM
+        model.to(torch.float64)
     if variant == "mixed_scales":
         model.layers[0].self_attn.k_proj.scale = 5.0
     want = logits(model)
     assert pack_projections(model) == GROUPS - (variant == "tied")  # a tied lm_head is the embedding table
     assert packs_used(model)
+    qkv = model.layers[0].self_attn.packs["qkv"]
+    assert qkv.w.columns == (variant not in ("bf16_base", "float64"))  # [in, out] for float32 on the CPU
+    assert (qkv.split is not None) == (variant in ("lora_fp32", "some_targets", "float64", "mixed_scales"))
     got = logits(model)
     # The same products in the same order: equal to float32 rounding (bit-equal on the machines tried).
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -93,7 +99,7 @@ def test_packing_moves_parameters_into_shared_storage_without_changing_them():
     for k, v in before.items():
         torch.testing.assert_close(after[k], v, atol=0, rtol=0)
     attn = model.layers[0].self_attn
-    storage = attn.packs["qkv"].wt.untyped_storage().data_ptr()
+    storage = attn.packs["qkv"].w.t.untyped_storage().data_ptr()
     for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
         assert lin.weight.untyped_storage().data_ptr() == storage
         assert lin.lora_A.untyped_storage().data_ptr() == storage
@@ -120,7 +126,7 @@ def test_replaced_tensors_or_a_merge_fall_back_to_the_modules():
     assert not packs_used(model)
     torch.testing.assert_close(logits(model), want, atol=1e-5, rtol=1e-5)
     assert pack_projections(model) == GROUPS - 1  # packed again without adapters; lm_head (none) is intact
-    assert packs_used(model) and model.layers[0].self_attn.packs["qkv"].bt is None
+    assert packs_used(model) and model.layers[0].self_attn.packs["qkv"].b is None
     torch.testing.assert_close(logits(model), want, atol=1e-5, rtol=1e-5)
 
     model = lora_llm()
