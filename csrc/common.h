@@ -13,6 +13,14 @@
 #define AFFECTRT_HD
 #endif
 
+// SIMD width is picked at load time for the CPU kernels: the build flags are generic x86-64, the machines
+// are not (AVX-512 and AVX2+FMA clones, plus the baseline).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
+#define AFFECTRT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define AFFECTRT_CLONES
+#endif
+
 namespace affectrt {
 
 // Dtype codes passed from Python (affectrt/ops/_ext.py DTYPE_CODES must match).

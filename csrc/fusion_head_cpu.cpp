@@ -23,13 +23,6 @@
 namespace affectrt {
 namespace {
 
-// SIMD width is picked at load time: the build flags are generic x86-64, the machines are not.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define AFFECTRT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define AFFECTRT_CLONES
-#endif
-
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"  // vectors are passed only inside always-inlined helpers
 #endif

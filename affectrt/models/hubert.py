@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.config import HubertConfig
-from affectrt.models.activations import gelu
+from affectrt.models.activations import gelu, linear_act, may_overwrite
 from affectrt.models.hf_io import check_keys, load_converted, load_state_dict, read_config
+from affectrt.ops import feat_conv
 
 # Defaults of transformers' HubertConfig: config.json files omit keys equal to them.
 _HF_DEFAULTS = {
@@ -99,6 +100,21 @@ def hubert_config_from_hf(cfg: dict) -> HubertConfig:
     )
 
 
+def _conv1d_channels_last(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """``conv`` over time on channels-last input: x [N, T, C_in] -> [N, T_out, C_out] (a view of NHWC memory).
+
+    Runs as a 1×k conv2d on channels-last (NHWC) memory with the Conv1d's own weight: oneDNN then needs no
+    layout conversion, and for the grouped positional conv it picks a kernel 2.4× faster than for the
+    Conv1d (7.3 against 3.1 ms on the `small` preset's [8, 256, 99], kernel 64, 8 groups; 2-core Xeon).
+    """
+    nhwc = x.transpose(1, 2).unsqueeze(2)  # [N, C, 1, T] view with channels-last strides
+    w = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(
+        nhwc, w, conv.bias, stride=(1, conv.stride[0]), padding=(0, conv.padding[0]), groups=conv.groups
+    )
+    return y.permute(0, 2, 3, 1).squeeze(1)
+
+
 class ConvLayer(nn.Module):
     """Conv1d -> LayerNorm over channels -> GELU, channels last: [N, T_in, C_in] -> [N, T_out, C_out].
 
@@ -113,10 +129,25 @@ class ConvLayer(nn.Module):
         self.norm = nn.LayerNorm(c_out, eps=_CONV_LN_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
-        nhwc = x.transpose(1, 2).unsqueeze(2)  # [N, C, 1, T] view with channels-last strides
-        w = self.conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        y = F.conv2d(nhwc, w, self.conv.bias, stride=(1, self.conv.stride[0]))
-        return gelu(self.norm(y.permute(0, 2, 3, 1).squeeze(1)))  # in place at inference
+        fused = may_overwrite() and feat_conv.cpu_kernel_fits(x) and self.conv.weight.dtype == x.dtype
+        if (
+            fused and self.conv.in_channels == 1
+        ):  # the first layer, whole, in one pass (affectrt.ops.feat_conv)
+            n = self.norm
+            return feat_conv.conv0_ln_gelu(
+                x[:, :, 0],
+                self.conv.weight,
+                self.conv.bias,
+                n.weight,
+                n.bias,
+                self.conv.stride[0],
+                n.eps,
+                "cpu",
+            )
+        y = _conv1d_channels_last(self.conv, x)
+        if fused:
+            return feat_conv.ln_gelu_(y, self.norm.weight, self.norm.bias, self.norm.eps, "cpu")
+        return gelu(self.norm(y))  # in place at inference
 
 
 class Attention(nn.Module):
@@ -148,7 +179,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln1(x))
-        return x + self.fc2(gelu(self.fc1(self.ln2(x))))
+        return x + self.fc2(linear_act(self.fc1, self.ln2(x), "gelu"))
 
 
 class HubertEncoder(nn.Module):
@@ -186,10 +217,10 @@ class HubertEncoder(nn.Module):
         for conv in self.convs:
             x = conv(x)
         h = self.feat_proj(self.feat_norm(x))  # [N, T, d]
-        pos = self.pos_conv(h.transpose(1, 2))
+        pos = _conv1d_channels_last(self.pos_conv, h)  # [N, T + pos_trim, d]
         if self.pos_trim:
-            pos = pos[:, :, : -self.pos_trim]
-        return h + gelu(pos).transpose(1, 2)
+            pos = pos[:, : -self.pos_trim]
+        return h + gelu(pos)
 
     def forward(self, input_values: Tensor) -> list[Tensor]:
         """[N, S] audio -> ``num_layers + 1`` hidden states [N, T, d], the last one after the final LN."""

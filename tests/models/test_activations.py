@@ -10,6 +10,8 @@ from affectrt.config import get_preset
 from affectrt.models.activations import gelu, quick_gelu
 from affectrt.models.clip import CLIPVisionEncoder
 from affectrt.models.hubert import HubertEncoder
+from affectrt.ops import bias_act, feat_conv
+from affectrt.ops._ext import cpu_ext
 
 
 @pytest.mark.parametrize(
@@ -39,13 +41,49 @@ def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def test_encoders_give_the_same_bits_with_and_without_autograd():
+def _encoders_and_inputs():
     cfg = get_preset("tiny")
     clip, hubert = _perturbed(CLIPVisionEncoder(cfg.vision)), _perturbed(HubertEncoder(cfg.audio))
     pixels = torch.randn(2, 3, cfg.vision.image_size, cfg.vision.image_size)
     audio = torch.randn(3, 16000)
+    return clip, hubert, pixels, audio
+
+
+def test_in_place_activations_give_the_same_bits_with_and_without_autograd(monkeypatch):
+    # With the C++ epilogues out of the way, inference differs from training only by writing in place.
+    monkeypatch.setattr(bias_act, "cpu_kernel_fits", lambda *a: False)
+    monkeypatch.setattr(feat_conv, "cpu_kernel_fits", lambda *a: False)
+    clip, hubert, pixels, audio = _encoders_and_inputs()
     with torch.no_grad():
         got_v, got_a = clip(pixels), hubert(audio)
     want_v, want_a = clip(pixels).detach(), [h.detach() for h in hubert(audio)]
     assert torch.equal(got_v, want_v)
     assert len(got_a) == len(want_a) and all(torch.equal(g, w) for g, w in zip(got_a, want_a))
+
+
+@pytest.mark.skipif(cpu_ext() is None, reason="affectrt._C is not built")
+def test_inference_runs_the_cpu_epilogues_and_matches_autograd(monkeypatch):
+    calls = {"bias_act": 0, "ln_gelu": 0, "conv0_ln_gelu": 0}
+    ext = cpu_ext()
+
+    def spy(name):
+        fn = getattr(ext, name)
+
+        def counted(*args):
+            calls[name] += 1
+            return fn(*args)
+
+        return counted
+
+    for name in calls:
+        monkeypatch.setattr(ext, name, spy(name))
+    clip, hubert, pixels, audio = _encoders_and_inputs()
+    with torch.no_grad():
+        got_v, got_a = clip(pixels), hubert(audio)
+    layers = len(clip.blocks) + len(hubert.blocks)
+    assert calls == {"bias_act": layers, "ln_gelu": len(hubert.convs) - 1, "conv0_ln_gelu": 1}
+    want_v, want_a = clip(pixels).detach(), [h.detach() for h in hubert(audio)]  # autograd on: torch's ops
+    assert calls["bias_act"] == layers  # not called again
+    torch.testing.assert_close(got_v, want_v, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got_a, want_a, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)

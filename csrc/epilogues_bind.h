@@ -1,0 +1,66 @@
+// pybind11 bindings of the CPU encoder epilogues (bias_act.h, feat_conv.h), included by bindings_cpu.cpp.
+// Each takes raw float32 pointers, sizes and strides from affectrt.ops.bias_act / affectrt.ops.feat_conv.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+
+#include "bias_act.h"
+#include "feat_conv.h"
+
+namespace affectrt {
+
+inline void check(const char* err) {
+  if (err) throw std::invalid_argument(err);
+}
+
+inline void bind_epilogues_cpu(pybind11::module_& m) {
+  namespace py = pybind11;
+  auto f32 = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
+  m.def(
+      "bias_act",
+      [f32](uintptr_t y, uintptr_t bias, int64_t rows, int64_t cols, int64_t y_sr, int act) {
+        const BiasActArgs a{f32(y), f32(bias), rows, cols, y_sr, act};
+        const char* err;
+        {
+          py::gil_scoped_release nogil;
+          err = bias_act_cpu(a);
+        }
+        check(err);
+      },
+      "y[r, :] = act(y[r, :] + bias) in place (float32; bias 0 = none)", py::arg("y"), py::arg("bias"),
+      py::arg("rows"), py::arg("cols"), py::arg("y_sr"), py::arg("act"));
+  m.def(
+      "ln_gelu",
+      [f32](uintptr_t y, uintptr_t gamma, uintptr_t beta, int64_t rows, int64_t C, int64_t y_sr, float eps) {
+        const LnGeluArgs a{f32(y), f32(gamma), f32(beta), rows, C, y_sr, eps};
+        const char* err;
+        {
+          py::gil_scoped_release nogil;
+          err = ln_gelu_cpu(a);
+        }
+        check(err);
+      },
+      "y[r, :] = GELU(LayerNorm(y[r, :])) in place (float32)", py::arg("y"), py::arg("gamma"), py::arg("beta"),
+      py::arg("rows"), py::arg("C"), py::arg("y_sr"), py::arg("eps"));
+  m.def(
+      "conv0_ln_gelu",
+      [f32](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t gamma, uintptr_t beta, uintptr_t out, int64_t N,
+            int64_t S, int64_t T, int64_t C, int64_t K, int64_t stride, int64_t x_sn, int64_t x_ss, float eps) {
+        const Conv0Args a{f32(x), f32(w), f32(bias), f32(gamma), f32(beta), f32(out), N, S, T, C, K, stride,
+                          x_sn, x_ss, eps};
+        const char* err;
+        {
+          py::gil_scoped_release nogil;
+          err = conv0_ln_gelu_cpu(a);
+        }
+        check(err);
+      },
+      "out[n, t, :] = GELU(LayerNorm(conv1d(x[n], w, stride)[t])) (float32, one input channel)", py::arg("x"),
+      py::arg("w"), py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("N"),
+      py::arg("S"), py::arg("T"), py::arg("C"), py::arg("K"), py::arg("stride"), py::arg("x_sn"), py::arg("x_ss"),
+      py::arg("eps"));
+}
+
+}  // namespace affectrt
