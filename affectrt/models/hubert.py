@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from affectrt.config import HubertConfig
 from affectrt.models.activations import gelu, linear_act, may_overwrite
 from affectrt.models.hf_io import check_keys, load_converted, load_state_dict, read_config
+from affectrt.models.window_overlap import conv_stack_shared
 from affectrt.ops import feat_conv
 
 # Defaults of transformers' HubertConfig: config.json files omit keys equal to them.
@@ -98,6 +99,11 @@ def hubert_config_from_hf(cfg: dict) -> HubertConfig:
         layer_norm_eps=c["layer_norm_eps"],
         hidden_act=c["hidden_act"],
     )
+
+
+def _recording() -> bool:
+    """Whether a tracer, exporter or compiler records the ops (data-dependent paths must stay out)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _conv1d_channels_last(conv: nn.Conv1d, x: Tensor) -> Tensor:
@@ -213,14 +219,29 @@ class HubertEncoder(nn.Module):
         """[N, S] audio -> encoder input [N, T, d]: conv features, projection and positional conv."""
         if input_values.dim() != 2:
             raise ValueError(f"input_values must be [N, samples], got shape {tuple(input_values.shape)}")
-        x = input_values.to(self.feat_proj.weight.dtype)[:, :, None]  # [N, S, 1]: channels last
+        x = self.conv_features(input_values.to(self.feat_proj.weight.dtype))
+        h = self.feat_proj(self.feat_norm(x))  # [N, T, d]
+        # GELU before the trim, on the whole contiguous tensor: torch's vectorised and scalar GELU differ in
+        # the last bit, and on a trimmed view which elements take which path would depend on the batch size.
+        pos = gelu(_conv1d_channels_last(self.pos_conv, h))  # [N, T + pos_trim, d]
+        return h + (pos[:, : -self.pos_trim] if self.pos_trim else pos)
+
+    def conv_features(self, x: Tensor) -> Tensor:
+        """The conv feature extractor, channels last: [N, S] -> [N, T, C].
+
+        Rows that continue one another (a clip's overlapping windows) share the convolutions of their common
+        samples (:mod:`affectrt.models.window_overlap`); not while tracing, exporting or compiling, whose
+        graphs must not depend on the data.
+        """
+        if x.shape[0] > 1 and not _recording():
+            c = self.cfg
+            shared = conv_stack_shared(x, list(self.convs), c.conv_kernel, c.conv_stride)
+            if shared is not None:
+                return shared
+        x = x[:, :, None]  # [N, S, 1]
         for conv in self.convs:
             x = conv(x)
-        h = self.feat_proj(self.feat_norm(x))  # [N, T, d]
-        pos = _conv1d_channels_last(self.pos_conv, h)  # [N, T + pos_trim, d]
-        if self.pos_trim:
-            pos = pos[:, : -self.pos_trim]
-        return h + gelu(pos)
+        return x
 
     def forward(self, input_values: Tensor) -> list[Tensor]:
         """[N, S] audio -> ``num_layers + 1`` hidden states [N, T, d], the last one after the final LN."""
