@@ -226,6 +226,12 @@ class HubertEncoder(nn.Module):
         pos = gelu(_conv1d_channels_last(self.pos_conv, h))  # [N, T + pos_trim, d]
         return h + (pos[:, : -self.pos_trim] if self.pos_trim else pos)
 
+    @property
+    def conv_frame_macs(self) -> list[int]:
+        """Multiply-adds of one output frame of each conv layer: kernel · C_in · C_out."""
+        c = self.cfg
+        return [k * i * o for k, i, o in zip(c.conv_kernel, (1, *c.conv_dim[:-1]), c.conv_dim)]
+
     def conv_features(self, x: Tensor) -> Tensor:
         """The conv feature extractor, channels last: [N, S] -> [N, T, C].
 
@@ -235,7 +241,9 @@ class HubertEncoder(nn.Module):
         """
         if x.shape[0] > 1 and not _recording():
             c = self.cfg
-            shared = conv_stack_shared(x, list(self.convs), c.conv_kernel, c.conv_stride)
+            shared = conv_stack_shared(
+                x, list(self.convs), c.conv_kernel, c.conv_stride, self.conv_frame_macs
+            )
             if shared is not None:
                 return shared
         x = x[:, :, None]  # [N, S, 1]

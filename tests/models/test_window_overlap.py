@@ -71,21 +71,42 @@ def test_chains_follow_row_order_and_break_between_clips():
     assert chains[1].offsets == [a for a, _ in audio_window_slices(int(16000 * 5.3), 16000, 8, 2.0)]
 
 
-@pytest.mark.parametrize("seconds", [2.5, 3.0, 5.3, 10.0, 17.5])
+@pytest.mark.parametrize("seconds", [2.5, 3.0, 5.3, 6.04, 10.0])
 def test_shared_conv_stack_equals_window_by_window(encoder, seconds):
     x = _windows(seconds)
     c = encoder.cfg
     with torch.no_grad():
-        got = conv_stack_shared(x, list(encoder.convs), c.conv_kernel, c.conv_stride)
+        got = conv_stack_shared(x, list(encoder.convs), c.conv_kernel, c.conv_stride, encoder.conv_frame_macs)
         want = _per_window(encoder, x)
     assert got is not None and got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
-def test_no_overlap_means_the_batched_path(encoder):
-    x = _windows(17.9)  # windows 1.9875 s apart: 200 samples in common, less than one frame's 400
+@pytest.mark.parametrize(
+    "seconds, why",
+    [(17.9, "windows 1.9875 s apart: 200 samples in common, less than one frame's 400"),
+     (3.0417, "offsets 2083·i: 3 phases of the first stride, then 8 tracks: saves 30% of the FLOPs"),
+     (17.5, "1000 samples in common: sharing saves too little")],
+)  # fmt: skip
+def test_too_little_overlap_means_the_batched_path(encoder, seconds, why):
+    x = _windows(seconds)
     c = encoder.cfg
-    assert conv_stack_shared(x, list(encoder.convs), c.conv_kernel, c.conv_stride) is None
+    assert (
+        conv_stack_shared(x, list(encoder.convs), c.conv_kernel, c.conv_stride, encoder.conv_frame_macs)
+        is None
+    ), why
+
+
+def test_a_chain_that_fails_verification_is_not_shared(encoder):
+    x = _windows(3.0)
+    x[3, 20000] += 1.0  # inside row 3's overlap with row 2, past the probe samples
+    c = encoder.cfg
+    assert (
+        conv_stack_shared(x, list(encoder.convs), c.conv_kernel, c.conv_stride, encoder.conv_frame_macs)
+        is None
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.conv_features(x), _per_window(encoder, x), atol=0, rtol=0)
 
 
 def test_shuffled_rows_and_mixed_clips(encoder):
