@@ -9,7 +9,7 @@
 
 #include "attn_pool.h"
 #include "cross_attn_bind.h"
-#include "epilogues_bind.h"
+#include "cpu_only_bind.h"
 #include "fusion_head_bind.h"
 
 namespace py = pybind11;
@@ -43,7 +43,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("z_sb"), py::arg("z_st"), py::arg("z_sd"), py::arg("w_sd"), py::arg("dtype"));
   affectrt::bind_cross_attn_cpu(m);
   affectrt::bind_fusion_head_cpu(m);
-  affectrt::bind_epilogues_cpu(m);
+  affectrt::bind_cpu_only(m);
   m.def("num_threads", &num_threads, "OpenMP threads a kernel will use (1 without OpenMP)");
 #ifdef _OPENMP
   m.attr("openmp") = true;
@@ -51,5 +51,6 @@ PYBIND11_MODULE(_C, m) {
   m.attr("openmp") = false;
 #endif
   m.attr("functions") =
-      py::make_tuple("attn_pool", "fusion_head", "cross_attn", "bias_act", "ln_gelu", "conv0_ln_gelu");
+      py::make_tuple("attn_pool", "fusion_head", "cross_attn", "bias_act", "ln_gelu", "conv0_ln_gelu",
+                                       "rows_linear");
 }

@@ -13,10 +13,13 @@ dtype; otherwise a second GEMM computes ``a = x.float() @ Aᵀ``, as peft's floa
 without an adapter, or merged ones, have zero columns in B.
 
 The layout of the stacked matrices follows the GEMM that is fastest for them on a few rows (``python
-benchmarks/decode.py --dtype …`` shows the effect): float32 on the CPU stores them transposed, [in, out], as MKL
-multiplies a few rows by that layout faster than by nn.Linear's [out, in] (2.0 against 3.0 ms for
-[16, 1536] × [1536, 4096] on a 2-core Xeon); bfloat16 and float16, whose CPU GEMMs run the other way round
-(0.9 against 1.2 ms), and every CUDA dtype keep nn.Linear's layout.
+benchmarks/decode.py --dtype …`` shows the effect). float32 on the CPU: a matrix of at least
+:data:`ROWS_KERNEL_MIN_BYTES` keeps nn.Linear's [out, in] for :func:`affectrt.ops.rows_linear.rows_linear`,
+which streams weights that live in memory once per step (4 to 64 rows; MKL below and above); a smaller one,
+which the caches hold and where MKL's call is cheaper, is stored transposed, [in, out], as MKL multiplies a
+few rows by that layout faster than by [out, in] (2.0 against 3.0 ms for [16, 1536] × [1536, 4096] on a
+2-core Xeon). bfloat16 and float16, whose CPU GEMMs run the other way round (0.9 against 1.2 ms), and every
+CUDA dtype keep nn.Linear's layout.
 
 The modules keep their parameters, and each becomes a view into the stacked tensors: packing costs no memory,
 and in-place changes (``merge_lora``, loading adapters, an optimizer step) reach both. A change that replaces a
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.models.lora import LoRALinear
+from affectrt.ops import rows_linear as rows_linear_ops
 
 
 def _base(m: nn.Module) -> nn.Linear:
@@ -45,16 +49,35 @@ def _repoint(param: nn.Parameter, view: Tensor) -> None:
     param.data = view
 
 
-def columns_layout(dtype: torch.dtype, device: torch.device) -> bool:
+# float32 CPU matrices from this size on are streamed by rows_linear (module docstring): on the `medium`
+# preset's decode step (batch 16, 2-core Xeon) its 49 projections took 95 against 138 ms with MKL; on
+# `small`'s, which the caches hold (all below 2 MB), MKL's 1.1 against 1.3 ms.
+ROWS_KERNEL_MIN_BYTES = 4 << 20
+ROWS_KERNEL_M = (4, 64)  # rows per call it takes (MKL: one to three, and prefill)
+
+
+def rows_kernel(dtype: torch.dtype, device: torch.device, nbytes: int) -> bool:
+    """Whether a stacked matrix of ``nbytes`` runs its decode GEMMs in the rows_linear kernel."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and nbytes >= ROWS_KERNEL_MIN_BYTES
+        and rows_linear_ops.cpu_kernel_available()
+    )
+
+
+def columns_layout(dtype: torch.dtype, device: torch.device, nbytes: int = 0) -> bool:
     """Whether a stack of ``dtype`` weights on ``device`` is stored [in, out] (module docstring)."""
-    return device.type == "cpu" and dtype == torch.float32
+    return device.type == "cpu" and dtype == torch.float32 and not rows_kernel(dtype, device, nbytes)
 
 
 class _Stack:
     """Weights [n, in] stacked along their outputs into one matrix: rows [out, in] or columns [in, out]."""
 
     def __init__(self, n_out: int, n_in: int, dtype: torch.dtype, device: torch.device, zeros: bool = False):
-        self.columns = columns_layout(dtype, device)
+        nbytes = n_out * n_in * torch.finfo(dtype).bits // 8
+        self.rows_kernel = rows_kernel(dtype, device, nbytes)
+        self.columns = columns_layout(dtype, device, nbytes)
         shape = (n_in, n_out) if self.columns else (n_out, n_in)
         self.t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device=device)
 
@@ -69,6 +92,9 @@ class _Stack:
 
     def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """x [M, in] -> x Wᵀ + bias [M, out]."""
+        lo, hi = ROWS_KERNEL_M
+        if self.rows_kernel and lo <= x.shape[0] <= hi and not torch.compiler.is_compiling():
+            return rows_linear_ops.rows_linear(x.contiguous(), self.t, bias, backend="cpu")
         if not self.columns:
             return F.linear(x, self.t, bias)
         return x @ self.t if bias is None else torch.addmm(bias, x, self.t)

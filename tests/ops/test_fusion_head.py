@@ -319,6 +319,17 @@ def test_cpu_kernel_scratch_reuse_across_shapes():
 
 
 @needs_cpu_kernel
+@pytest.mark.parametrize("B", [9, 12, 15, 20, 31, 33, 50, 57, 63])
+def test_cpu_gemm_form_computes_every_batch_column(B):
+    # The GEMM form's last column block holds 1 .. MV vectors of the ISA: every count on AVX-512 (16-float
+    # vectors, 4 per block) and, under tests/ops/test_isa.py, on AVX2 (8, 2) and the baseline (4, 2).
+    # Counts equal to MV in a partial block were once skipped: B = 9-15 on AVX2, 49-63 on AVX-512.
+    zv, za, w = _make(B, 3, 2, 24, 16, 40, seed=B)
+    ref = fusion_head_ref(_f64(zv), _f64(za), FusionHeadWeights(*map(_f64, w)))
+    _check("out", fusion_head(zv, za, w, backend="cpu"), ref, fusion_head_ref(zv, za, w), 2, torch.float32)
+
+
+@needs_cpu_kernel
 def test_cpu_backend_under_fake_tensors_goes_through_the_op():
     # Eager calls skip the torch.library dispatch; anything that traces (here FakeTensorMode) must still
     # reach the op (its fake kernel), never the C++ kernel with fake data pointers.

@@ -1,5 +1,5 @@
-// pybind11 bindings of the CPU encoder epilogues (bias_act.h, feat_conv.h), included by bindings_cpu.cpp.
-// Each takes raw float32 pointers, sizes and strides from affectrt.ops.bias_act / affectrt.ops.feat_conv.
+// pybind11 bindings of the CPU-only float32 kernels (bias_act.h, feat_conv.h, rows_linear.h), included by
+// bindings_cpu.cpp. Each takes raw pointers, sizes and strides from its affectrt.ops module.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -8,6 +8,7 @@
 
 #include "bias_act.h"
 #include "feat_conv.h"
+#include "rows_linear.h"
 
 namespace affectrt {
 
@@ -15,7 +16,7 @@ inline void check(const char* err) {
   if (err) throw std::invalid_argument(err);
 }
 
-inline void bind_epilogues_cpu(pybind11::module_& m) {
+inline void bind_cpu_only(pybind11::module_& m) {
   namespace py = pybind11;
   auto f32 = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
   m.def(
@@ -31,6 +32,21 @@ inline void bind_epilogues_cpu(pybind11::module_& m) {
       },
       "y[r, :] = act(y[r, :] + bias) in place (float32; bias 0 = none)", py::arg("y"), py::arg("bias"),
       py::arg("rows"), py::arg("cols"), py::arg("y_sr"), py::arg("act"));
+  m.def(
+      "rows_linear",
+      [f32](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t ldx,
+            int64_t ldw, int64_t ldy) {
+        const RowsLinearArgs a{f32(x), f32(w), f32(bias), f32(y), M, N, K, ldx, ldw, ldy};
+        const char* err;
+        {
+          py::gil_scoped_release nogil;
+          err = rows_linear_cpu(a);
+        }
+        check(err);
+      },
+      "y[m, n] = x[m, :] · w[n, :] + bias[n] for a few rows (float32; bias 0 = none)", py::arg("x"), py::arg("w"),
+      py::arg("bias"), py::arg("y"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("ldx"), py::arg("ldw"),
+      py::arg("ldy"));
   m.def(
       "ln_gelu",
       [f32](uintptr_t y, uintptr_t gamma, uintptr_t beta, int64_t rows, int64_t C, int64_t y_sr, float eps) {

@@ -1,0 +1,113 @@
+"""A linear layer on a few rows, streaming the weights once: the LLM's projections in a decode step (CPU).
+
+For x [M, K] (M: one row per sequence being decoded), W [N, K] (nn.Linear's layout) and bias [N]:
+
+    y = x Wᵀ + bias                                                   [M, N]
+
+A decode step is bound by reading the weights: every weight element is used M times and read once. MKL's sgemm
+runs these shapes well below the rate a core can read memory (``medium`` preset, batch 16, its 1.4 GB of
+projections: 134 ms per step against 52 ms for ``torch.sum`` over the same bytes, 2-core Xeon). The C++
+kernel (csrc/rows_linear*.{h,cpp} on csrc/cpu_gemm.h, the fusion head's GEMV/GEMM blocks) hands each thread
+a contiguous range of weight rows, read once: dot products with software prefetch for M < 4, an
+outer-product micro-kernel over xᵀ (a [6 × 16·⌈M/16⌉] tile in vector registers) from 4 rows.
+
+Backends (DESIGN §3), in "auto" order: ``cpu`` (``affectrt._C.rows_linear``: float32 CPU tensors, unit
+column stride, forward only) and ``eager`` (:func:`rows_linear_ref`, ``F.linear``). No CUDA or Triton layer:
+on a GPU the decode GEMMs are cuBLAS's in the release's fp16, at HBM bandwidth. Used by
+:mod:`affectrt.models.packed` for a decode step's stacked projections (up to :data:`MAX_ROWS` rows).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from affectrt.ops import _backends
+from affectrt.ops._ext import cpu_ext
+
+OP = "rows_linear"
+
+# Up to this many rows the kernel beats MKL on the `small` and `medium` decode shapes (2-core Xeon); past
+# it (prefill: a whole prompt at once) MKL's blocking wins.
+MAX_ROWS = 64
+
+
+def rows_linear_ref(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The definition: x [M, K] @ weight [N, K]ᵀ + bias -> [M, N]."""
+    return F.linear(x, weight, bias)
+
+
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"rows_linear: x must be [M, K] and weight [N, K] with the same K, got {tuple(x.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"rows_linear: bias must be [{weight.shape[0]}], got shape {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(
+                f"rows_linear: {name} is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}"
+            )
+
+
+def _cpu_limits(inputs: _backends.Inputs) -> list[str]:
+    reasons = []
+    for name in ("x", "weight"):
+        if inputs[name].stride(1) != 1:
+            reasons.append(f"{name} has column stride {inputs[name].stride(1)} (needs 1)")
+    bias = inputs.get("bias")
+    if bias is not None and not bias.is_contiguous():
+        reasons.append("bias is not contiguous")
+    return reasons
+
+
+def _run_cpu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    m, k = x.shape
+    n = weight.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype)
+    b = 0 if bias is None else bias.data_ptr()
+    cpu_ext().rows_linear(x.data_ptr(), weight.data_ptr(), b, y.data_ptr(), m, n, k, x.stride(0),
+                          weight.stride(0), n)  # fmt: skip
+    return y
+
+
+_backends.register(
+    OP,
+    [
+        _backends.Backend(
+            name="cpu",
+            devices=("cpu",),
+            dtypes=(torch.float32,),
+            has_backward=False,
+            available=_backends.cpu_ext_available("rows_linear"),
+            run=_run_cpu,
+            supports=_cpu_limits,
+            about="affectrt._C (csrc/rows_linear_cpu.cpp): each weight row streamed once, OpenMP over rows",
+        ),
+        _backends.Backend(
+            name="eager",
+            devices=("cpu", "cuda"),
+            dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64),
+            has_backward=True,
+            available=_backends.always,
+            run=rows_linear_ref,
+            about="rows_linear_ref: F.linear",
+        ),
+    ],
+)
+
+
+def rows_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, backend: str = "auto") -> Tensor:
+    """x [M, K] @ weight [N, K]ᵀ + bias [N] -> [M, N] (module docstring)."""
+    _check(x, weight, bias)
+    inputs = {"x": x, "weight": weight} if bias is None else {"x": x, "weight": weight, "bias": bias}
+    grad = _backends.needs_grad(*inputs.values())
+    return _backends.select(OP, inputs, backend, needs_grad=grad).run(x, weight, bias)
+
+
+def cpu_kernel_available() -> bool:
+    """Whether ``affectrt._C.rows_linear`` is built."""
+    return _backends.cpu_ext_available("rows_linear")() is None
