@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from affectrt.ops import _backends
+from affectrt.ops._cpu_only import matrix_rows, register_cpu_and_eager
 from affectrt.ops._ext import cpu_ext
 
 OP = "bias_act"
@@ -73,19 +74,10 @@ def _check_inputs(y: Tensor, bias: Tensor | None, act: str) -> None:
             )
 
 
-def _rows(y: Tensor) -> tuple[int, int] | None:
-    """(rows, row stride) of y as a matrix of rows with unit column stride, or None."""
-    if y.is_contiguous():
-        return y.numel() // y.shape[-1], y.shape[-1]
-    if y.dim() == 2 and y.stride(1) == 1:
-        return y.shape[0], y.stride(0)
-    return None
-
-
 def _cpu_limits(inputs: _backends.Inputs) -> list[str]:
     y, bias = inputs["y"], inputs.get("bias")
     reasons = []
-    if _rows(y) is None:
+    if matrix_rows(y) is None:
         reasons.append("y is neither contiguous nor a matrix with unit column stride (make it contiguous)")
     if bias is not None and not bias.is_contiguous():
         reasons.append("bias is not contiguous")
@@ -93,7 +85,7 @@ def _cpu_limits(inputs: _backends.Inputs) -> list[str]:
 
 
 def _run_cpu(y: Tensor, act: str, bias: Tensor | None = None) -> Tensor:
-    rows, stride = _rows(y)
+    rows, stride = matrix_rows(y)
     if rows:
         b = 0 if bias is None else bias.data_ptr()
         cpu_ext().bias_act(y.data_ptr(), b, rows, y.shape[-1], stride, ACTIVATIONS[act])
@@ -104,29 +96,14 @@ def _run_eager(y: Tensor, act: str, bias: Tensor | None = None) -> Tensor:
     return y.copy_(bias_act_ref(y.clone(), bias, act))  # a clone: autograd keeps the input it saw
 
 
-_backends.register(
+register_cpu_and_eager(
     OP,
-    [
-        _backends.Backend(
-            name="cpu",
-            devices=("cpu",),
-            dtypes=(torch.float32,),
-            has_backward=False,
-            available=_backends.cpu_ext_available("bias_act"),
-            run=_run_cpu,
-            supports=_cpu_limits,
-            about="affectrt._C (csrc/bias_act_cpu.cpp): one vectorised pass per row, OpenMP over rows",
-        ),
-        _backends.Backend(
-            name="eager",
-            devices=("cpu", "cuda"),
-            dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64),
-            has_backward=True,
-            available=_backends.always,
-            run=_run_eager,
-            about="bias_act_ref: torch's add and activation ops",
-        ),
-    ],
+    "bias_act",
+    _run_cpu,
+    _cpu_limits,
+    _run_eager,
+    "affectrt._C (csrc/bias_act_cpu.cpp): one vectorised pass per row, OpenMP over rows",
+    "bias_act_ref: torch's add and activation ops",
 )
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from affectrt.ops import _backends
+from affectrt.ops._cpu_only import matrix_rows, register_cpu_and_eager
 from affectrt.ops._ext import cpu_ext
 
 LN_GELU = "ln_gelu"
@@ -64,17 +65,9 @@ def _check_norm(name: str, c: int, y: Tensor, weight: Tensor, bias: Tensor) -> N
 # ------------------------------------------------------------------------------------------------ ln_gelu
 
 
-def _ln_rows(y: Tensor) -> tuple[int, int] | None:
-    if y.is_contiguous():
-        return y.numel() // y.shape[-1], y.shape[-1]
-    if y.dim() == 2 and y.stride(1) == 1:
-        return y.shape[0], y.stride(0)
-    return None
-
-
 def _ln_cpu_limits(inputs: _backends.Inputs) -> list[str]:
     reasons = []
-    if _ln_rows(inputs["y"]) is None:
+    if matrix_rows(inputs["y"]) is None:
         reasons.append("y is neither contiguous nor a matrix with unit column stride (make it contiguous)")
     if not (inputs["weight"].is_contiguous() and inputs["bias"].is_contiguous()):
         reasons.append("the LayerNorm weight or bias is not contiguous")
@@ -82,7 +75,7 @@ def _ln_cpu_limits(inputs: _backends.Inputs) -> list[str]:
 
 
 def _ln_cpu(y: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    rows, stride = _ln_rows(y)
+    rows, stride = matrix_rows(y)
     if rows:
         cpu_ext().ln_gelu(y.data_ptr(), weight.data_ptr(), bias.data_ptr(), rows, y.shape[-1], stride, eps)
     return y
@@ -166,32 +159,16 @@ def cpu_kernel_fits(x: Tensor) -> bool:
     )
 
 
-def _register(op: str, fn: str, cpu_run, limits, eager_run) -> None:
-    _backends.register(
-        op,
-        [
-            _backends.Backend(
-                name="cpu",
-                devices=("cpu",),
-                dtypes=(torch.float32,),
-                has_backward=False,
-                available=_backends.cpu_ext_available(fn),
-                run=cpu_run,
-                supports=limits,
-                about=f"affectrt._C (csrc/feat_conv_cpu.cpp): {fn}, one pass per row in L1, OpenMP over rows",
-            ),
-            _backends.Backend(
-                name="eager",
-                devices=("cpu", "cuda"),
-                dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64),
-                has_backward=True,
-                available=_backends.always,
-                run=eager_run,
-                about=f"{fn}_ref: torch's conv, layer_norm and gelu",
-            ),
-        ],
-    )
-
-
-_register(LN_GELU, "ln_gelu", _ln_cpu, _ln_cpu_limits, _ln_eager)
-_register(CONV0, "conv0_ln_gelu", _conv0_cpu, _conv0_cpu_limits, conv0_ln_gelu_ref)
+_ABOUT = "affectrt._C (csrc/feat_conv_cpu.cpp): {}, one pass per row in L1, OpenMP over rows"
+register_cpu_and_eager(
+    LN_GELU, "ln_gelu", _ln_cpu, _ln_cpu_limits, _ln_eager, _ABOUT.format("ln_gelu"), "ln_gelu_ref: torch ops"
+)
+register_cpu_and_eager(
+    CONV0,
+    "conv0_ln_gelu",
+    _conv0_cpu,
+    _conv0_cpu_limits,
+    conv0_ln_gelu_ref,
+    _ABOUT.format("conv0_ln_gelu"),
+    "conv0_ln_gelu_ref: torch's conv, layer_norm and gelu",
+)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from affectrt.ops import _backends
+from affectrt.ops._cpu_only import register_cpu_and_eager
 from affectrt.ops._ext import cpu_ext
 
 OP = "rows_linear"
@@ -74,29 +75,14 @@ def _run_cpu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return y
 
 
-_backends.register(
+register_cpu_and_eager(
     OP,
-    [
-        _backends.Backend(
-            name="cpu",
-            devices=("cpu",),
-            dtypes=(torch.float32,),
-            has_backward=False,
-            available=_backends.cpu_ext_available("rows_linear"),
-            run=_run_cpu,
-            supports=_cpu_limits,
-            about="affectrt._C (csrc/rows_linear_cpu.cpp): each weight row streamed once, OpenMP over rows",
-        ),
-        _backends.Backend(
-            name="eager",
-            devices=("cpu", "cuda"),
-            dtypes=(torch.float32, torch.float16, torch.bfloat16, torch.float64),
-            has_backward=True,
-            available=_backends.always,
-            run=rows_linear_ref,
-            about="rows_linear_ref: F.linear",
-        ),
-    ],
+    "rows_linear",
+    _run_cpu,
+    _cpu_limits,
+    rows_linear_ref,
+    "affectrt._C (csrc/rows_linear_cpu.cpp): each weight row streamed once, OpenMP over rows",
+    "rows_linear_ref: F.linear",
 )
 
 

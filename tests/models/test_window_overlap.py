@@ -12,6 +12,7 @@ from affectrt.media.sampling import audio_window_slices
 from affectrt.models import window_overlap
 from affectrt.models.hubert import HubertEncoder
 from affectrt.models.window_overlap import MAX_CANDIDATES, continuation_shift, conv_stack_shared, find_chains
+from tests.models.test_hubert import hubert  # noqa: F401  (the fixture)
 
 
 def _windows(seconds: float, seed: int = 0) -> torch.Tensor:
@@ -136,23 +137,9 @@ def test_encoder_shares_only_outside_tracing_and_export(encoder, monkeypatch):
     torch.testing.assert_close(pooled, again, atol=1e-6, rtol=1e-6)
 
 
-def test_pooled_features_of_overlapping_windows_equal_transformers(encoder, tmp_path):
-    transformers = pytest.importorskip("transformers")
-    from affectrt.models.hubert import HubertEncoder as Enc
-
-    cfg = dict(
-        do_stable_layer_norm=True, feat_extract_norm="layer", conv_bias=False, hidden_size=32,
-        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16,) * 7,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-    )  # fmt: skip
-    torch.manual_seed(1)
-    hf = transformers.HubertModel(transformers.HubertConfig(**cfg)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "layer_norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    hf.save_pretrained(tmp_path, safe_serialization=True)
-    ours = Enc.from_pretrained(tmp_path)
+def test_pooled_features_of_overlapping_windows_equal_transformers(hubert):  # noqa: F811
+    folder, hf = hubert[0], hubert[1]  # test_hubert's random stable-layer-norm HubertModel and its folder
+    ours = HubertEncoder.from_pretrained(folder)
     x = _windows(3.0, seed=7)
     with torch.no_grad():
         ref = hf(x, output_hidden_states=True)
