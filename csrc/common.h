@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #ifdef __CUDACC__
@@ -22,6 +23,25 @@
 #endif
 
 namespace affectrt {
+
+#ifndef __CUDACC__
+// The widest kernel set this CPU runs: 2 AVX-512, 1 AVX2+FMA, 0 baseline. AFFECTRT_CPU_ISA=avx2|base caps it
+// (read once per process), so that one machine can test the kernels other CPUs take (tests/ops/test_isa.py).
+inline int cpu_isa() {
+  static const int isa = [] {
+    int best = 0;
+#if defined(__GNUC__) && defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
+    if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) best = 2;
+#endif
+    const char* cap = std::getenv("AFFECTRT_CPU_ISA");
+    if (cap && std::strcmp(cap, "avx2") == 0) best = best < 1 ? best : 1;
+    if (cap && std::strcmp(cap, "base") == 0) best = 0;
+    return best;
+  }();
+  return isa;
+}
+#endif
 
 // Dtype codes passed from Python (affectrt/ops/_ext.py DTYPE_CODES must match).
 enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <vector>
 
+#include "common.h"
+
 namespace affectrt {
 namespace {
 
@@ -162,23 +164,6 @@ AFFECTRT_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))), C
 AFFECTRT_KERNELS(avx2, __attribute__((target("avx2,fma"))), CfgAvx2)
 #endif
 AFFECTRT_KERNELS(base, , CfgBase)
-
-// The widest kernel set this CPU runs: 2 AVX-512, 1 AVX2+FMA, 0 baseline. AFFECTRT_CPU_ISA=avx2|base caps it
-// (read once per process), so that one machine can test the kernels other CPUs take (tests/ops/test_isa.py).
-inline int cpu_isa() {
-  static const int isa = [] {
-    int best = 0;
-#ifdef AFFECTRT_ISA_CLONES
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
-    if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) best = 2;
-#endif
-    const char* cap = std::getenv("AFFECTRT_CPU_ISA");
-    if (cap && std::strcmp(cap, "avx2") == 0) best = best < 1 ? best : 1;
-    if (cap && std::strcmp(cap, "base") == 0) best = 0;
-    return best;
-  }();
-  return isa;
-}
 
 Kernels pick_kernels() {
 #ifdef AFFECTRT_ISA_CLONES

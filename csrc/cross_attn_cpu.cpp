@@ -268,8 +268,8 @@ void pass_base(const CrossAttnArgs& a, int64_t b, int64_t s, Scratch& sc) {
 template <typename Ty>
 PassFn pick_pass() {
 #ifdef AFFECTRT_X86_CLONES
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return pass_avx512<Ty>;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return pass_avx2<Ty>;
+  if (cpu_isa() == 2) return pass_avx512<Ty>;
+  if (cpu_isa() == 1) return pass_avx2<Ty>;
 #endif
   return pass_base<Ty>;
 }
