@@ -11,9 +11,8 @@
 namespace affectrt {
 namespace {
 
-constexpr int64_t kRowsGemmMinM = 2;   // measured: see affectrt/ops/rows_linear.py
+constexpr int64_t kRowsGemmMinM = 2;   // one row: dot products (cpu_gemm.h gemv)
 constexpr int64_t kTileRows = 48;      // weight rows per stored block (c [kTileRows, Mp] stays in L1/L2)
-constexpr int64_t kAhead = 512;       // floats of each weight row prefetched ahead (4 KB)
 
 // c[j·ldc + m] = Σ_k w_j[k] · xt[k·ldx + m] for NR weight rows w_j = w + min(j, rows − 1)·ldw and the
 // MV·W columns m of xt [K, ldx]: one pass over the NR rows with NR·MV accumulators in registers. At M <= 16

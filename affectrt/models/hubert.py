@@ -135,25 +135,17 @@ class ConvLayer(nn.Module):
         self.norm = nn.LayerNorm(c_out, eps=_CONV_LN_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
-        fused = may_overwrite() and feat_conv.cpu_kernel_fits(x) and self.conv.weight.dtype == x.dtype
-        if (
-            fused and self.conv.in_channels == 1
-        ):  # the first layer, whole, in one pass (affectrt.ops.feat_conv)
-            n = self.norm
-            return feat_conv.conv0_ln_gelu(
-                x[:, :, 0],
-                self.conv.weight,
-                self.conv.bias,
-                n.weight,
-                n.bias,
-                self.conv.stride[0],
-                n.eps,
-                "cpu",
-            )
-        y = _conv1d_channels_last(self.conv, x)
+        conv, norm = self.conv, self.norm
+        # At CPU float32 inference: the first layer whole in one C++ pass, the others' LayerNorm + GELU in one
+        # (affectrt.ops.feat_conv); else torch's ops, GELU in place at inference.
+        fused = may_overwrite() and feat_conv.cpu_kernel_fits(x) and conv.weight.dtype == x.dtype
+        if fused and conv.in_channels == 1:
+            args = (conv.weight, conv.bias, norm.weight, norm.bias, conv.stride[0], norm.eps)
+            return feat_conv.conv0_ln_gelu(x[:, :, 0], *args, backend="cpu")
+        y = _conv1d_channels_last(conv, x)
         if fused:
-            return feat_conv.ln_gelu_(y, self.norm.weight, self.norm.bias, self.norm.eps, "cpu")
-        return gelu(self.norm(y))  # in place at inference
+            return feat_conv.ln_gelu_(y, norm.weight, norm.bias, norm.eps, backend="cpu")
+        return gelu(norm(y))
 
 
 class Attention(nn.Module):

@@ -8,8 +8,8 @@ A decode step is bound by reading the weights: every weight element is used M ti
 runs these shapes well below the rate a core can read memory (``medium`` preset, batch 16, its 1.4 GB of
 projections: 134 ms per step against 52 ms for ``torch.sum`` over the same bytes, 2-core Xeon). The C++
 kernel (csrc/rows_linear*.{h,cpp} on csrc/cpu_gemm.h, the fusion head's GEMV/GEMM blocks) hands each thread
-a contiguous range of weight rows, read once: dot products with software prefetch for M < 4, an
-outer-product micro-kernel over xᵀ (a [6 × 16·⌈M/16⌉] tile in vector registers) from 4 rows.
+a contiguous range of weight rows, read once: dot products with software prefetch for one row, from two an
+outer-product micro-kernel over xᵀ (up to 16 rows, a [12 weight rows × 16] tile in AVX-512 registers).
 
 Backends (DESIGN §3), in "auto" order: ``cpu`` (``affectrt._C.rows_linear``: float32 CPU tensors, unit
 column stride, forward only) and ``eager`` (:func:`rows_linear_ref`, ``F.linear``). No CUDA or Triton layer:
