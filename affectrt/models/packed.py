@@ -50,7 +50,7 @@ def _repoint(param: nn.Parameter, view: Tensor) -> None:
 
 
 # float32 CPU matrices from this size on are streamed by rows_linear (module docstring): on the `medium`
-# preset's decode step (batch 16, 2-core Xeon) its 49 projections took 95 against 138 ms with MKL; on
+# preset's decode step (batch 16, 2-core Xeon) its 49 projections took 96.5 against 129.7 ms with MKL (benchmarks/cpu_parts.py); on
 # `small`'s, which the caches hold (all below 2 MB), MKL's 1.1 against 1.3 ms.
 ROWS_KERNEL_MIN_BYTES = 4 << 20
 ROWS_KERNEL_M = (4, 64)  # rows per call it takes (MKL: one to three, and prefill)

@@ -10,8 +10,8 @@ window's frames are cut back out of it, so the front end does the union's work, 
 That pays only where the windows' offsets share the strides' phases (5, then 10, 20, ... 320 samples): the
 offsets are ``int(i·(n − 32000)/8)`` for n samples, multiples of 80 when n − 32000 is a multiple of 640,
 e.g. audio of whole seconds or of a whole number of 25 fps video frames. Then layers 1-5 convolve each
-sample once (3 s instead of 16 s of samples for a 3 s clip: the `small` preset's front end 31 -> 9 ms on
-a 2-core Xeon). With offsets on many phases every window soon has a track of its own, so a plan that saves
+sample once (3 s instead of 16 s of samples for a 3 s clip: the `small` preset's front end 32.6 -> 10.5 ms
+on a 2-core Xeon, ``python benchmarks/cpu_parts.py --only front_end``). With offsets on many phases every window soon has a track of its own, so a plan that saves
 less than ``MIN_SAVING`` of the FLOPs is dropped and the windows run batched as before (the check costs
 ~0.2 ms per clip).
 

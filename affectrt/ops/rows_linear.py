@@ -6,7 +6,8 @@ For x [M, K] (M: one row per sequence being decoded), W [N, K] (nn.Linear's layo
 
 A decode step is bound by reading the weights: every weight element is used M times and read once. MKL's sgemm
 runs these shapes well below the rate a core can read memory (``medium`` preset, batch 16, its 1.4 GB of
-projections: 134 ms per step against 52 ms for ``torch.sum`` over the same bytes, 2-core Xeon). The C++
+projections: 129.7 ms per step against 53.9 ms for ``torch.sum`` over the same bytes, and 96.5 ms for this
+kernel, 2-core Xeon: ``python benchmarks/cpu_parts.py --only rows_linear``). The C++
 kernel (csrc/rows_linear*.{h,cpp} on csrc/cpu_gemm.h, the fusion head's GEMV/GEMM blocks) hands each thread
 a contiguous range of weight rows, read once: dot products with software prefetch for one row, from two an
 outer-product micro-kernel over xᵀ (up to 16 rows, a [12 weight rows × 16] tile in AVX-512 registers).

@@ -1,0 +1,127 @@
+"""Two CPU-only parts against what they replace, interleaved in one process (the README's figures for them).
+
+    python benchmarks/cpu_parts.py                  # both
+    python benchmarks/cpu_parts.py --only front_end
+
+- ``front_end``: HuBERT's conv front end (`small` preset, random weights) over the release's eight 2 s windows
+  of a 3 s clip, shared across the overlapping windows (``HubertEncoder.conv_features``) against window by
+  window; also a 3.0417 s clip, whose offsets fall on many stride phases (the plan is dropped: equal times).
+- ``rows_linear``: one batch-16 decode step's 49 projections of the `medium` preset's shapes (random float32
+  weights, 1.4 GB, the stacked q/k/v+LoRA A, o, gate/up, down and lm_head) through ``rows_linear`` against
+  MKL (``x @ W`` on the [in, out] layout packed.py used before), and ``torch.sum`` over the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import run_metadata, stats, time_call  # noqa: E402
+
+from affectrt.config import get_preset  # noqa: E402
+from affectrt.cpu_alloc import keep_freed_memory  # noqa: E402
+from affectrt.media.audio import joint_normalize  # noqa: E402
+from affectrt.media.sampling import audio_window_slices  # noqa: E402
+from affectrt.models.hubert import HubertEncoder  # noqa: E402
+from affectrt.ops.rows_linear import rows_linear  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median ms of each callable, A B A B ... so that drift hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k] += time_call(fn, CPU, 1, warmup=0)
+    return {k: stats(v)["median_ms"] for k, v in times.items()}
+
+
+def front_end(repeats: int) -> None:
+    torch.manual_seed(0)
+    enc = HubertEncoder(get_preset("small").audio).eval()
+
+    def per_window(x: torch.Tensor) -> torch.Tensor:
+        y = x[:, :, None]
+        for conv in enc.convs:
+            y = conv(y)
+        return y
+
+    for seconds in (3.0, 3.0417):
+        wave = torch.randn(int(16000 * seconds))
+        x = joint_normalize(
+            torch.stack([wave[a:b] for a, b in audio_window_slices(wave.shape[0], 16000, 8, 2.0)])
+        )
+        with torch.inference_mode():
+            ms = interleaved(
+                {"shared": lambda x=x: enc.conv_features(x), "per-window": lambda x=x: per_window(x)}, repeats
+            )
+        print(
+            f"front_end {seconds} s clip: shared {ms['shared']:.1f} ms, window by window {ms['per-window']:.1f} ms "
+            f"({ms['per-window'] / ms['shared']:.2f}x)"
+        )
+
+
+def decode_weights() -> list[torch.Tensor]:
+    """[out, in] weights of one `medium` decode step's stacked projections (LoRA A rows included)."""
+    c = get_preset("medium")
+    h, i, kv, r = (
+        c.llm.hidden_size,
+        c.llm.intermediate_size,
+        2 * c.llm.num_kv_heads * c.llm.head_dim,
+        c.lora.r,
+    )
+    ws = []
+    for _ in range(c.llm.num_layers):
+        ws += [torch.randn(h + kv + 3 * r, h), torch.randn(h + r, h), torch.randn(2 * i + 2 * r, h)]
+        ws.append(torch.randn(h + r, i))
+    ws.append(torch.randn(c.llm.vocab_size, h))
+    return ws
+
+
+def decode_gemms(repeats: int, rows: int) -> None:
+    ws = decode_weights()
+    cols = [w.t().contiguous() for w in ws]  # the [in, out] layout MKL was given before
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in ws}
+    nbytes = sum(w.numel() * 4 for w in ws)
+    flat = torch.randn(nbytes // 4)
+    with torch.inference_mode():
+        ms = interleaved(
+            {
+                "rows_linear": lambda: [rows_linear(xs[w.shape[1]], w) for w in ws],
+                "MKL": lambda: [xs[w.shape[0]] @ w for w in cols],
+                "torch.sum": lambda: flat.sum(),
+            },
+            repeats,
+        )
+    gbs = {k: nbytes / v / 1e6 for k, v in ms.items()}
+    print(
+        f"rows_linear: {len(ws)} projections of the medium preset at {rows} rows, {nbytes / 1e9:.2f} GB: "
+        f"rows_linear {ms['rows_linear']:.1f} ms ({gbs['rows_linear']:.1f} GB/s), MKL {ms['MKL']:.1f} ms "
+        f"({gbs['MKL']:.1f} GB/s), torch.sum over the same bytes {ms['torch.sum']:.1f} ms ({gbs['torch.sum']:.1f} GB/s)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=("front_end", "rows_linear"), help="run one part")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rows", type=int, default=16, help="rows_linear: rows per GEMM (the decode batch)")
+    args = ap.parse_args(argv)
+    keep_freed_memory()
+    meta = run_metadata(CPU)
+    print(f"{meta['device_name']}, {meta['threads']} threads, commit {meta['commit']}")
+    if args.only in (None, "front_end"):
+        front_end(args.repeats)
+    if args.only in (None, "rows_linear"):
+        decode_gemms(args.repeats, args.rows)
+
+
+if __name__ == "__main__":
+    main()
