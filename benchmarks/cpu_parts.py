@@ -2,13 +2,16 @@
 
     python benchmarks/cpu_parts.py                  # both
     python benchmarks/cpu_parts.py --only front_end
+    python benchmarks/cpu_parts.py --only rows_linear --dtype bfloat16 --rows 1
 
 - ``front_end``: HuBERT's conv front end (`small` preset, random weights) over the release's eight 2 s windows
   of a 3 s clip, shared across the overlapping windows (``HubertEncoder.conv_features``) against window by
   window; also a 3.0417 s clip, whose offsets fall on many stride phases (the plan is dropped: equal times).
-- ``rows_linear``: one batch-16 decode step's 49 projections of the `medium` preset's shapes (random float32
-  weights, 1.4 GB, the stacked q/k/v+LoRA A, o, gate/up, down and lm_head) through ``rows_linear`` against
-  MKL (``x @ W`` on the [in, out] layout packed.py used before), and ``torch.sum`` over the same bytes.
+- ``rows_linear``: one batch-16 (``--rows``) decode step's 49 projections of the `medium` preset's shapes
+  (random weights, 1.4 GB in float32, the stacked q/k/v+LoRA A, o, gate/up, down and lm_head) through
+  ``rows_linear`` against what packed.py used before (float32: MKL's ``x @ W`` on the [in, out] layout;
+  ``--dtype bfloat16`` / ``float16``: torch's ``F.linear`` on nn.Linear's layout), and ``torch.sum`` over a
+  float32 tensor of the same bytes (the rate memory is read at).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def front_end(repeats: int) -> None:
         )
 
 
-def decode_weights() -> list[torch.Tensor]:
+def decode_weights(dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """[out, in] weights of one `medium` decode step's stacked projections (LoRA A rows included)."""
     c = get_preset("medium")
     h, i, kv, r = (
@@ -77,34 +80,39 @@ def decode_weights() -> list[torch.Tensor]:
         2 * c.llm.num_kv_heads * c.llm.head_dim,
         c.lora.r,
     )
-    ws = []
+    shapes = []
     for _ in range(c.llm.num_layers):
-        ws += [torch.randn(h + kv + 3 * r, h), torch.randn(h + r, h), torch.randn(2 * i + 2 * r, h)]
-        ws.append(torch.randn(h + r, i))
-    ws.append(torch.randn(c.llm.vocab_size, h))
-    return ws
+        shapes += [(h + kv + 3 * r, h), (h + r, h), (2 * i + 2 * r, h), (h + r, i)]
+    shapes.append((c.llm.vocab_size, h))
+    return [torch.randn(s).to(dtype) for s in shapes]
 
 
-def decode_gemms(repeats: int, rows: int) -> None:
-    ws = decode_weights()
-    cols = [w.t().contiguous() for w in ws]  # the [in, out] layout MKL was given before
-    xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in ws}
-    nbytes = sum(w.numel() * 4 for w in ws)
+def decode_gemms(repeats: int, rows: int, dtype: torch.dtype) -> None:
+    ws = decode_weights(dtype)
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1]).to(dtype) for w in ws}
+    nbytes = sum(w.numel() * w.element_size() for w in ws)
     flat = torch.randn(nbytes // 4)
+    if dtype == torch.float32:
+        cols = [w.t().contiguous() for w in ws]  # the [in, out] layout MKL was given before
+        before = ("MKL", lambda: [xs[w.shape[0]] @ w for w in cols])
+    else:
+        before = ("torch", lambda: [torch.nn.functional.linear(xs[w.shape[1]], w) for w in ws])
     with torch.inference_mode():
         ms = interleaved(
             {
                 "rows_linear": lambda: [rows_linear(xs[w.shape[1]], w) for w in ws],
-                "MKL": lambda: [xs[w.shape[0]] @ w for w in cols],
+                before[0]: before[1],
                 "torch.sum": lambda: flat.sum(),
             },
             repeats,
         )
     gbs = {k: nbytes / v / 1e6 for k, v in ms.items()}
+    name = str(dtype).removeprefix("torch.")
     print(
-        f"rows_linear: {len(ws)} projections of the medium preset at {rows} rows, {nbytes / 1e9:.2f} GB: "
-        f"rows_linear {ms['rows_linear']:.1f} ms ({gbs['rows_linear']:.1f} GB/s), MKL {ms['MKL']:.1f} ms "
-        f"({gbs['MKL']:.1f} GB/s), torch.sum over the same bytes {ms['torch.sum']:.1f} ms ({gbs['torch.sum']:.1f} GB/s)"
+        f"rows_linear: {len(ws)} projections of the medium preset at {rows} rows, {name}, {nbytes / 1e9:.2f} GB: "
+        f"rows_linear {ms['rows_linear']:.1f} ms ({gbs['rows_linear']:.1f} GB/s), {before[0]} "
+        f"{ms[before[0]]:.1f} ms ({gbs[before[0]]:.1f} GB/s), torch.sum over the same bytes "
+        f"{ms['torch.sum']:.1f} ms ({gbs['torch.sum']:.1f} GB/s): {ms[before[0]] / ms['rows_linear']:.2f}x"
     )
 
 
@@ -113,6 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", choices=("front_end", "rows_linear"), help="run one part")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--rows", type=int, default=16, help="rows_linear: rows per GEMM (the decode batch)")
+    ap.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="rows_linear: weight dtype",
+    )
     args = ap.parse_args(argv)
     keep_freed_memory()
     meta = run_metadata(CPU)
@@ -120,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "front_end"):
         front_end(args.repeats)
     if args.only in (None, "rows_linear"):
-        decode_gemms(args.repeats, args.rows)
+        decode_gemms(args.repeats, args.rows, getattr(torch, args.dtype))
 
 
 if __name__ == "__main__":

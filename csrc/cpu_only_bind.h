@@ -1,5 +1,5 @@
-// pybind11 bindings of the CPU-only float32 kernels (bias_act.h, feat_conv.h, rows_linear.h), included by
-// bindings_cpu.cpp. Each takes raw pointers, sizes and strides from its affectrt.ops module.
+// pybind11 bindings of the CPU-only kernels (bias_act.h and feat_conv.h: float32; rows_linear.h: float32,
+// float16, bfloat16), included by bindings_cpu.cpp. Each takes raw pointers, sizes and strides from its affectrt.ops module.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -34,9 +34,10 @@ inline void bind_cpu_only(pybind11::module_& m) {
       py::arg("rows"), py::arg("cols"), py::arg("y_sr"), py::arg("act"));
   m.def(
       "rows_linear",
-      [f32](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t ldx,
-            int64_t ldw, int64_t ldy) {
-        const RowsLinearArgs a{f32(x), f32(w), f32(bias), f32(y), M, N, K, ldx, ldw, ldy};
+      [](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t ldx,
+         int64_t ldw, int64_t ldy, int dtype) {
+        auto p = [](uintptr_t v) { return reinterpret_cast<void*>(v); };
+        const RowsLinearArgs a{p(x), p(w), p(bias), p(y), M, N, K, ldx, ldw, ldy, dtype};
         const char* err;
         {
           py::gil_scoped_release nogil;
@@ -44,9 +45,10 @@ inline void bind_cpu_only(pybind11::module_& m) {
         }
         check(err);
       },
-      "y[m, n] = x[m, :] · w[n, :] + bias[n] for a few rows (float32; bias 0 = none)", py::arg("x"), py::arg("w"),
-      py::arg("bias"), py::arg("y"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("ldx"), py::arg("ldw"),
-      py::arg("ldy"));
+      "y[m, n] = x[m, :] · w[n, :] + bias[n] for a few rows (float32, float16 or bfloat16, summed in float32; "
+      "bias 0 = none)",
+      py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("y"), py::arg("M"), py::arg("N"), py::arg("K"),
+      py::arg("ldx"), py::arg("ldw"), py::arg("ldy"), py::arg("dtype"));
   m.def(
       "ln_gelu",
       [f32](uintptr_t y, uintptr_t gamma, uintptr_t beta, int64_t rows, int64_t C, int64_t y_sr, float eps) {

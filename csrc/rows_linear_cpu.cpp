@@ -1,10 +1,14 @@
 // CPU launcher for rows_linear.h: each thread streams one contiguous range of weight rows (the prefetch of
-// one thread then never runs into the other's rows), as dot products for a few rows and through the
-// register-tiled micro-kernel over x^T from kRowsGemmMinM rows.
+// one thread then never runs into the other's rows), as dot products for one row and through the
+// register-tiled micro-kernel over x^T from kRowsGemmMinM rows. 16-bit weights: one row dotted straight from
+// its 16-bit elements (cpu_convert.h dot16); from two rows each tile's weight rows are widened into a buffer
+// first (correct, but at 16 rows on the 2-core Xeon 7.3 GB/s of bf16 against 13.8 for torch's AMX path:
+// packed.py gives this kernel 16-bit weights for one row only).
 #include <omp.h>
 
 #include <algorithm>
 
+#include "cpu_convert.h"
 #include "cpu_gemm.h"
 #include "rows_linear.h"
 
@@ -91,48 +95,122 @@ inline void share(int64_t N, int64_t nr, int t, int nt, int64_t* n0, int64_t* n1
   *n1 = std::min(N, tiles * (t + 1) / nt * nr);
 }
 
+// The bias of rows [n0, n1) as float32 into dst (zeros without one).
+void bias_rows(const RowsLinearArgs& a, int64_t n0, int64_t n1, float* dst) {
+  if (a.bias == nullptr) {
+    std::fill(dst, dst + (n1 - n0), 0.0f);
+    return;
+  }
+  row_to_f32(static_cast<const char*>(a.bias) + n0 * dtype_bytes(a.dtype), a.dtype, dst, n1 - n0);
+}
+
+// Weight rows n.. (`rows` of them, each K long) as float32 rows ldw apart: the rows themselves for float32,
+// else widened into buf [rows, K] (ldw = K).
+const float* weight_rows(const RowsLinearArgs& a, int64_t n, int64_t rows, float* buf, int64_t* ldw) {
+  if (a.dtype == kFloat32) {
+    *ldw = a.ldw;
+    return static_cast<const float*>(a.w) + n * a.ldw;
+  }
+  const auto* w = static_cast<const char*>(a.w) + n * a.ldw * 2;
+  for (int64_t j = 0; j < rows; ++j) row_to_f32(w + j * a.ldw * 2, a.dtype, buf + j * a.K, a.K);
+  *ldw = a.K;
+  return buf;
+}
+
+// y[m, n0 .. n0 + n) = vals[0 .. n), in y's dtype.
+inline void store_row(const RowsLinearArgs& a, int64_t m, int64_t n0, const float* vals, int64_t n) {
+  char* dst = static_cast<char*>(a.y) + (m * a.ldy + n0) * dtype_bytes(a.dtype);
+  row_from_f32(vals, a.dtype, dst, n);
+}
+
+// x as float32 rows [M, K] (ld K) in xf, or x itself for float32 (ld ldx).
+const float* x_rows(const RowsLinearArgs& a, float* xf, int64_t* ldx) {
+  if (a.dtype == kFloat32) {
+    *ldx = a.ldx;
+    return static_cast<const float*>(a.x);
+  }
+  for (int64_t m = 0; m < a.M; ++m)
+    row_to_f32(static_cast<const char*>(a.x) + m * a.ldx * 2, a.dtype, xf + m * a.K, a.K);
+  *ldx = a.K;
+  return xf;
+}
+
 void run_gemv(const RowsLinearArgs& a) {
   const Kernels& kern = kernels();
+  const Dot16 dot = a.dtype == kFloat32 ? nullptr : dot16(a.dtype);
+  // shared: x as float32 [M, K]; per thread: y and bias of its rows [N] each
+  const int64_t shared = round_line(a.M * a.K), per = 2 * round_line(a.N);
+  float* s = scratch(static_cast<size_t>(shared + omp_get_max_threads() * per));
+  int64_t ldx;
+  const float* x = x_rows(a, s, &ldx);
 #pragma omp parallel
   {
+    float* yv = s + shared + omp_get_thread_num() * per;
+    float* bv = yv + round_line(a.N);
     int64_t n0, n1;
     share(a.N, 1, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
-    float o[kRowsGemmMinM];
-    for (int64_t n = n0; n < n1; ++n) {
-      kern.gemv(a.w + n * a.ldw, a.x, a.ldx, a.K, a.M, o);
-      const float b = a.bias ? a.bias[n] : 0.0f;
-      for (int64_t m = 0; m < a.M; ++m) a.y[m * a.ldy + n] = o[m] + b;
+    bias_rows(a, n0, n1, bv);
+    const auto* w16 = static_cast<const uint16_t*>(a.w);
+    for (int64_t m = 0; m < a.M; ++m) {  // M < kRowsGemmMinM: one row
+      for (int64_t n = n0; n < n1; ++n) {
+        float o;
+        if (dot)
+          o = dot(w16 + n * a.ldw, x + m * ldx, a.K);
+        else
+          kern.gemv(static_cast<const float*>(a.w) + n * a.ldw, x + m * ldx, ldx, a.K, 1, &o);
+        yv[n - n0] = o + bv[n - n0];
+      }
+      if (n1 > n0) store_row(a, m, n0, yv, n1 - n0);
     }
   }
 }
 
 void run_gemm(const RowsLinearArgs& a) {
   const Tile t = pick_tile(a.M);
-  const int64_t Mp = t.mp;
-  const int64_t shared = round_line(a.K * Mp), per = round_line(kTileRows * Mp);
+  const int64_t Mp = t.mp, half = a.dtype != kFloat32;
+  // shared: x^T [K, Mp] (+ x as float32 [M, K] for 16-bit x); per thread: c [kTileRows, Mp], the tile's
+  // widened weight rows [nr, K] (16-bit weights), one output row [kTileRows], the bias of its rows [N]
+  const int64_t shared = round_line(a.K * Mp) + (half ? round_line(a.M * a.K) : 0);
+  const int64_t per = round_line(kTileRows * Mp) + (half ? round_line(t.nr * a.K) : 0) + round_line(kTileRows) +
+                      round_line(a.N);
   float* s = scratch(static_cast<size_t>(shared + omp_get_max_threads() * per));
-  float* xt = s;
+  float *xt = s, *xf = s + round_line(a.K * Mp);
 #pragma omp parallel
   {
+    int64_t ldx = a.ldx;
+    const float* x = static_cast<const float*>(a.x);
+    if (half) {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < a.M; ++m)
+        row_to_f32(static_cast<const char*>(a.x) + m * a.ldx * 2, a.dtype, xf + m * a.K, a.K);
+      x = xf, ldx = a.K;  // the loop's barrier made every row visible
+    }
     // x^T [K, Mp], padding columns zero.
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < a.K; ++k) {
       float* dst = xt + k * Mp;
-      for (int64_t m = 0; m < a.M; ++m) dst[m] = a.x[m * a.ldx + k];
+      for (int64_t m = 0; m < a.M; ++m) dst[m] = x[m * ldx + k];
       for (int64_t m = a.M; m < Mp; ++m) dst[m] = 0.0f;
     }
     float* c = s + shared + omp_get_thread_num() * per;
+    float* wbuf = c + round_line(kTileRows * Mp);
+    float* yrow = wbuf + (half ? round_line(t.nr * a.K) : 0);
+    float* bv = yrow + round_line(kTileRows);
     int64_t n0, n1;
     share(a.N, t.nr, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
+    bias_rows(a, n0, n1, bv);
     for (int64_t b0 = n0; b0 < n1; b0 += kTileRows) {
       const int64_t b1 = std::min(n1, b0 + kTileRows);
       // Tiles may run past b1 (never past N's last row, repeated): c has room, only b1 - b0 rows are kept.
-      for (int64_t n = b0; n < b1; n += t.nr)
-        for (int64_t m0 = 0; m0 < Mp; m0 += t.cols)
-          t.fn(a.w + n * a.ldw, a.ldw, a.N - n, xt + m0, Mp, a.K, c + (n - b0) * Mp + m0, Mp);
+      for (int64_t n = b0; n < b1; n += t.nr) {
+        const int64_t rows = std::min<int64_t>(t.nr, a.N - n);
+        int64_t ldw;
+        const float* w = weight_rows(a, n, rows, wbuf, &ldw);
+        for (int64_t m0 = 0; m0 < Mp; m0 += t.cols) t.fn(w, ldw, rows, xt + m0, Mp, a.K, c + (n - b0) * Mp + m0, Mp);
+      }
       for (int64_t m = 0; m < a.M; ++m) {  // row m of y gets b1 - b0 contiguous values
-        float* dst = a.y + m * a.ldy;
-        for (int64_t n = b0; n < b1; ++n) dst[n] = c[(n - b0) * Mp + m] + (a.bias ? a.bias[n] : 0.0f);
+        for (int64_t n = b0; n < b1; ++n) yrow[n - b0] = c[(n - b0) * Mp + m] + bv[n - n0];
+        store_row(a, m, b0, yrow, b1 - b0);
       }
     }
   }
@@ -143,6 +221,8 @@ void run_gemm(const RowsLinearArgs& a) {
 const char* rows_linear_cpu(const RowsLinearArgs& a) {
   if (a.M <= 0 || a.N <= 0) return nullptr;
   if (a.K <= 0) return "rows_linear_cpu: K must be positive";
+  if (a.dtype != kFloat32 && a.dtype != kFloat16 && a.dtype != kBFloat16)
+    return "rows_linear_cpu: unsupported dtype code (expected 0=float32, 1=float16, 2=bfloat16)";
   if (a.M < kRowsGemmMinM)
     run_gemv(a);
   else

@@ -15,7 +15,9 @@ without an adapter, or merged ones, have zero columns in B.
 The layout of the stacked matrices follows the GEMM that is fastest for them on a few rows (``python
 benchmarks/decode.py --dtype …`` shows the effect). float32 on the CPU: a matrix of at least
 :data:`ROWS_KERNEL_MIN_BYTES` keeps nn.Linear's [out, in] for :func:`affectrt.ops.rows_linear.rows_linear`,
-which streams weights that live in memory once per step (4 to 64 rows; MKL below and above); a smaller one,
+which streams weights that live in memory once per step (4 to 64 rows; MKL below and above; bfloat16 and
+float16 stacks of that size for one row, where torch's 16-bit linear reads them at 12.5-16 GB/s against the
+kernel's 18.5 on a 2-core Xeon, and at more rows the AMX path is faster than the kernel); a smaller one,
 which the caches hold and where MKL's call is cheaper, is stored transposed, [in, out], as MKL multiplies a
 few rows by that layout faster than by [out, in] (2.0 against 3.0 ms for [16, 1536] × [1536, 4096] on a
 2-core Xeon). bfloat16 and float16, whose CPU GEMMs run the other way round (0.9 against 1.2 ms), and every
@@ -51,16 +53,24 @@ def _repoint(param: nn.Parameter, view: Tensor) -> None:
 
 # float32 CPU matrices from this size on are streamed by rows_linear (module docstring): on the `medium`
 # preset's decode step (batch 16, 2-core Xeon) its 49 projections took 96.5 against 129.7 ms with MKL (benchmarks/cpu_parts.py); on
-# `small`'s, which the caches hold (all below 2 MB), MKL's 1.1 against 1.3 ms.
+# `small`'s, which the caches hold (all below 2 MB), MKL's 1.1 against 1.3 ms. 16-bit stacks take the same
+# threshold (not measured separately below it).
 ROWS_KERNEL_MIN_BYTES = 4 << 20
-ROWS_KERNEL_M = (4, 64)  # rows per call it takes (MKL: one to three, and prefill)
+# Rows per call the kernel takes, by weight dtype (float32: MKL for one to three rows and for prefill; 16-bit:
+# one row, `python benchmarks/cpu_parts.py --only rows_linear --dtype bfloat16 --rows 1`, 1.17x bf16, 1.48x
+# fp16 there; with `--rows 16` torch's bf16 path read 13.8 GB/s against the kernel's 7.3).
+ROWS_KERNEL_M: dict[torch.dtype, tuple[int, int]] = {
+    torch.float32: (4, 64),
+    torch.bfloat16: (1, 1),
+    torch.float16: (1, 1),
+}
 
 
 def rows_kernel(dtype: torch.dtype, device: torch.device, nbytes: int) -> bool:
     """Whether a stacked matrix of ``nbytes`` runs its decode GEMMs in the rows_linear kernel."""
     return (
         device.type == "cpu"
-        and dtype == torch.float32
+        and dtype in ROWS_KERNEL_M
         and nbytes >= ROWS_KERNEL_MIN_BYTES
         and rows_linear_ops.cpu_kernel_available()
     )
@@ -77,6 +87,7 @@ class _Stack:
     def __init__(self, n_out: int, n_in: int, dtype: torch.dtype, device: torch.device, zeros: bool = False):
         nbytes = n_out * n_in * torch.finfo(dtype).bits // 8
         self.rows_kernel = rows_kernel(dtype, device, nbytes)
+        self.rows_m = ROWS_KERNEL_M.get(dtype, (0, -1))
         self.columns = columns_layout(dtype, device, nbytes)
         shape = (n_in, n_out) if self.columns else (n_out, n_in)
         self.t = (torch.zeros if zeros else torch.empty)(shape, dtype=dtype, device=device)
@@ -92,7 +103,7 @@ class _Stack:
 
     def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """x [M, in] -> x Wᵀ + bias [M, out]."""
-        lo, hi = ROWS_KERNEL_M
+        lo, hi = self.rows_m
         if self.rows_kernel and lo <= x.shape[0] <= hi and not torch.compiler.is_compiling():
             return rows_linear_ops.rows_linear(x.contiguous(), self.t, bias, backend="cpu")
         if not self.columns:

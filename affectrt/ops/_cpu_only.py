@@ -1,8 +1,9 @@
-"""What the CPU-only float32 kernels (bias_act, ln_gelu / conv0_ln_gelu, rows_linear) share: their backend
-pair and the row view of a tensor they take.
+"""What the CPU-only kernels (bias_act, ln_gelu / conv0_ln_gelu, rows_linear) share: their backend pair and
+the row view of a tensor they take.
 
-Each such op declares two backends (DESIGN §3): ``cpu`` (the ``affectrt._C`` function, float32 CPU tensors,
-forward only) and ``eager`` (its plain-PyTorch reference, any float dtype, differentiable).
+Each such op declares two backends (DESIGN §3): ``cpu`` (the ``affectrt._C`` function, CPU tensors of its
+dtypes, float32 unless it says otherwise, forward only) and ``eager`` (its plain-PyTorch reference, any float
+dtype, differentiable).
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ def register_cpu_and_eager(
     run_eager: Callable,
     about_cpu: str,
     about_eager: str,
+    cpu_dtypes: tuple[torch.dtype, ...] = (torch.float32,),
 ) -> None:
-    """Declare ``op``'s ``cpu`` backend (``affectrt._C.<function>``) and its ``eager`` reference."""
+    """Declare ``op``'s ``cpu`` backend (``affectrt._C.<function>``, ``cpu_dtypes``) and its ``eager`` reference."""
     _backends.register(
         op,
         [
             _backends.Backend(
                 name="cpu",
                 devices=("cpu",),
-                dtypes=(torch.float32,),
+                dtypes=cpu_dtypes,
                 has_backward=False,
                 available=_backends.cpu_ext_available(function),
                 run=run_cpu,

@@ -12,9 +12,18 @@ kernel (csrc/rows_linear*.{h,cpp} on csrc/cpu_gemm.h, the fusion head's GEMV/GEM
 a contiguous range of weight rows, read once: dot products with software prefetch for one row, from two an
 outer-product micro-kernel over xᵀ (up to 16 rows, a [12 weight rows × 16] tile in AVX-512 registers).
 
-Backends (DESIGN §3), in "auto" order: ``cpu`` (``affectrt._C.rows_linear``: float32 CPU tensors, unit
-column stride, forward only) and ``eager`` (:func:`rows_linear_ref`, ``F.linear``). No CUDA or Triton layer:
-on a GPU the decode GEMMs are cuBLAS's in the release's fp16, at HBM bandwidth. Used by
+bfloat16 and float16 (x, weight, bias and y all of the one dtype): products are summed in float32 and y is
+rounded once, as torch's CPU linear does for these dtypes (in another order of the sums), reading half the bytes
+of float32. One row is dotted straight from the 16-bit weights, each vector widened in registers; from two rows
+each tile's weight rows are widened into a buffer the caches hold. torch's own bf16/fp16 linear reads them
+below the kernel's rate on one row (2-core Xeon, the `medium` shapes' 0.69 GB, ``python benchmarks/cpu_parts.py
+--only rows_linear --dtype bfloat16 --rows 1``: bf16 15.9 GB/s, fp16 12.5, the kernel 18.5, ``torch.sum``
+23-28). From two rows the kernel's tile reads 16-bit weights slower than torch's AMX path (16 rows: 7.3
+against 13.8 GB/s), which is why packed.py routes them here for one row only.
+
+Backends (DESIGN §3), in "auto" order: ``cpu`` (``affectrt._C.rows_linear``: float32, bfloat16 or float16 CPU
+tensors, unit column stride, forward only) and ``eager`` (:func:`rows_linear_ref`, ``F.linear``). No CUDA or
+Triton layer: on a GPU the decode GEMMs are cuBLAS's in the release's fp16, at HBM bandwidth. Used by
 :mod:`affectrt.models.packed` for a decode step's stacked projections (up to :data:`MAX_ROWS` rows).
 """
 
@@ -26,7 +35,7 @@ from torch import Tensor
 
 from affectrt.ops import _backends
 from affectrt.ops._cpu_only import register_cpu_and_eager
-from affectrt.ops._ext import cpu_ext
+from affectrt.ops._ext import DTYPE_CODES, cpu_ext
 
 OP = "rows_linear"
 
@@ -72,7 +81,7 @@ def _run_cpu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     y = torch.empty((m, n), dtype=x.dtype)
     b = 0 if bias is None else bias.data_ptr()
     cpu_ext().rows_linear(x.data_ptr(), weight.data_ptr(), b, y.data_ptr(), m, n, k, x.stride(0),
-                          weight.stride(0), n)  # fmt: skip
+                          weight.stride(0), n, DTYPE_CODES[x.dtype])  # fmt: skip
     return y
 
 
@@ -82,8 +91,10 @@ register_cpu_and_eager(
     _run_cpu,
     _cpu_limits,
     rows_linear_ref,
-    "affectrt._C (csrc/rows_linear_cpu.cpp): each weight row streamed once, OpenMP over rows",
+    "affectrt._C (csrc/rows_linear_cpu.cpp): each weight row streamed once, OpenMP over rows; 16-bit "
+    "weights summed in float32",
     "rows_linear_ref: F.linear",
+    cpu_dtypes=tuple(DTYPE_CODES),
 )
 
 
