@@ -52,5 +52,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.attr("functions") =
       py::make_tuple("attn_pool", "fusion_head", "cross_attn", "bias_act", "ln_gelu", "conv0_ln_gelu",
-                                       "rows_linear");
+                                       "rows_linear", "dec_attn", "dec_add_norm", "dec_silu_mul");
 }

@@ -1,12 +1,15 @@
-// pybind11 bindings of the CPU-only kernels (bias_act.h and feat_conv.h: float32; rows_linear.h: float32,
-// float16, bfloat16), included by bindings_cpu.cpp. Each takes raw pointers, sizes and strides from its affectrt.ops module.
+// pybind11 bindings of the CPU-only kernels (bias_act.h, feat_conv.h and decode_glue.h: float32;
+// rows_linear.h: float32, float16, bfloat16), included by bindings_cpu.cpp. Each takes raw pointers, sizes and strides from its affectrt.ops module.
 #pragma once
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
+#include <tuple>
 
 #include "bias_act.h"
+#include "decode_glue.h"
 #include "feat_conv.h"
 #include "rows_linear.h"
 
@@ -79,6 +82,52 @@ inline void bind_cpu_only(pybind11::module_& m) {
       py::arg("w"), py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("N"),
       py::arg("S"), py::arg("T"), py::arg("C"), py::arg("K"), py::arg("stride"), py::arg("x_sn"), py::arg("x_ss"),
       py::arg("eps"));
+  // decode_glue.h. lora = (b, rank, a_col, b_rows, scale); b 0 = no LoRA term.
+  using Lora = std::tuple<uintptr_t, int64_t, int64_t, int, float>;
+  auto lora = [f32](const Lora& l) {
+    return DecLora{f32(std::get<0>(l)), std::get<1>(l), std::get<2>(l), std::get<3>(l), std::get<4>(l)};
+  };
+  m.def(
+      "dec_attn",
+      [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t cos, uintptr_t sin, uintptr_t kc, uintptr_t vc,
+                  int64_t slot, int64_t attend_len, int64_t max_len, uintptr_t mask, int64_t mask_ld, uintptr_t out,
+                  int64_t M, int64_t H, int64_t Hkv, int64_t D) {
+        const DecAttnArgs a{f32(y),   ldy,        lora(l), f32(cos), f32(sin), f32(kc),
+                            f32(vc),  slot,       attend_len, max_len, reinterpret_cast<const uint8_t*>(mask),
+                            mask_ld,  f32(out),   M,       H,        Hkv,      D};
+        const char* err;
+        {
+          py::gil_scoped_release nogil;
+          err = dec_attn_cpu(a);
+        }
+        check(err);
+      },
+      "decode step: LoRA term, RoPE, k/v into the cache at slot, attention over it (decode_glue.h)");
+  m.def(
+      "dec_add_norm",
+      [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t x, uintptr_t norm_w, uintptr_t out, int64_t M,
+                  int64_t d, float eps) {
+        const DecAddNormArgs a{f32(y), ldy, lora(l), f32(x), f32(norm_w), f32(out), M, d, eps};
+        const char* err;
+        {
+          py::gil_scoped_release nogil;
+          err = dec_add_norm_cpu(a);
+        }
+        check(err);
+      },
+      "decode step: LoRA term, x += y, out = RMSNorm(x)·w (decode_glue.h)");
+  m.def(
+      "dec_silu_mul",
+      [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t out, int64_t M, int64_t inter) {
+        const DecSiluMulArgs a{f32(y), ldy, lora(l), f32(out), M, inter};
+        const char* err;
+        {
+          py::gil_scoped_release nogil;
+          err = dec_silu_mul_cpu(a);
+        }
+        check(err);
+      },
+      "decode step: LoRA term, out = silu(gate)·up (decode_glue.h)");
 }
 
 }  // namespace affectrt

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from affectrt.config import Qwen2Config
+from affectrt.models import fused_decode
 from affectrt.models.hf_io import check_keys, load_state_dict, read_config
 from affectrt.models.kv_cache import StaticKVCache, attention_mask_for_cache
 from affectrt.models.packed import PackedLinears, project
@@ -301,6 +302,11 @@ class Qwen2ForCausalLM(nn.Module):
                 attention_mask = attention_mask[:, :num_keys]  # later slots are not attended this step
             mask = attention_mask_for_cache(attention_mask, cache_position, num_keys, B)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
+        if L == 1 and kv_cache is not None and not torch.is_grad_enabled():
+            # a decode step: the work between the GEMMs in C++ where it applies (fused_decode's docstring)
+            hidden = fused_decode.run_layers(self, x, cos, sin, mask, kv_cache, cache_position)
+            if hidden is not None:
+                return hidden
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, mask, kv_cache, cache_position, use_reentrant=False)

@@ -1,0 +1,133 @@
+"""A decode step's layers with the work between the GEMMs in C++ (csrc/decode_glue*): float32 on the CPU.
+
+A step of a small LLM (the `small` preset's, whose weights the caches hold) is a few hundred tiny operators:
+per layer two RMSNorms, four packed GEMMs (:mod:`affectrt.models.packed`), the unmerged LoRA's B term after
+each, RoPE, the cache write, attention, SiLU·up and two residual adds, ~40 dispatches. Here each layer is the
+four GEMMs (torch, on the packed stacks, as before) and three C++ calls for everything between them::
+
+    y = n1 W_qkv + b   -> dec_attn      (LoRA term, RoPE, k/v into the cache, attention)  -> o
+    y = o W_o          -> dec_add_norm  (LoRA term, x += y, n2 = RMSNorm(x))
+    y = n2 W_gu        -> dec_silu_mul  (LoRA term, h = silu(gate)·up)
+    y = h W_down       -> dec_add_norm  (LoRA term, x += y, n1 = the next layer's RMSNorm(x), or the final one)
+
+Each term is the modules' own formula in float32 (csrc/decode_glue.h), so logits agree to float32 rounding
+(``tests/models/test_fused_decode.py``: against the module path and transformers). It runs only where it
+applies exactly: one new token per row with a static cache, float32 weights, cache and LoRA, the projections
+packed with LoRA's A inside the stacked GEMM and one scale per stack, plain eager inference (no autograd,
+tracing, export or compilation). Anything else takes the module path. On weights that stream from memory (the
+`medium` preset, a real 7B) the GEMMs' reads dominate the step and this saves its few dispatches only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from affectrt.models.activations import may_overwrite
+from affectrt.models.kv_cache import StaticKVCache
+from affectrt.models.packed import PackedLinears
+from affectrt.ops._ext import cpu_ext
+
+_GROUPS = (("self_attn", "qkv"), ("self_attn", "o"), ("mlp", "gate_up"), ("mlp", "down"))
+_NO_LORA = (0, 0, 0, 0, 0.0)
+
+
+def available() -> bool:
+    """Whether ``affectrt._C`` has the decode-glue kernels."""
+    ext = cpu_ext()
+    return ext is not None and hasattr(ext, "dec_attn")
+
+
+def _lora(pack: PackedLinears) -> tuple[int, int, int, int, float] | None:
+    """(B stack pointer, rank, column of a in y, B in rows layout, scale) of a pack's LoRA term, _NO_LORA
+    without one, or None when the pack's form is not the one the kernels take."""
+    if pack.w.t.dtype != torch.float32 or pack.a is not None:
+        return None
+    if pack.b is None:
+        return _NO_LORA
+    if pack.split is None or not isinstance(pack.scale, float) or pack.b.t.dtype != torch.float32:
+        return None
+    b = pack.b.t
+    if not b.is_contiguous():
+        return None
+    rank = b.shape[0] if pack.b.columns else b.shape[1]
+    return (b.data_ptr(), rank, pack.split, 0 if pack.b.columns else 1, pack.scale)
+
+
+def _plan(model) -> list[tuple[PackedLinears, ...]] | None:
+    """Each layer's four packs, or None when any layer cannot take the fused step."""
+    out = []
+    for layer in model.layers:
+        packs = tuple(getattr(layer, owner).packs.get(name) for owner, name in _GROUPS)
+        if any(p is None or not p.usable() for p in packs):
+            return None
+        out.append(packs)
+    return out
+
+
+def run_layers(
+    model, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: StaticKVCache | None, pos: Tensor
+) -> Tensor | None:
+    """The final-norm hidden states [B, 1, d] of one decode step, or None when the step does not qualify.
+
+    x [B, 1, d]: the new tokens' embeddings; cos, sin [B, 1, head_dim]; mask [B, 1, 1, K] bool (K =
+    ``cache.attend_len``); pos [1]: the cache slot written (arguments as Qwen2ForCausalLM.forward_hidden).
+    """
+    B, L, d = x.shape
+    if (
+        L != 1
+        or cache is None
+        or mask is None
+        or pos.numel() != 1
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or cache.k.dtype != torch.float32
+        or model.norm.weight.dtype != torch.float32
+        or mask.dtype != torch.bool
+        or tuple(mask.shape) != (B, 1, 1, cache.attend_len)
+        or mask.stride(-1) != 1
+        or not may_overwrite()
+        or type(x) is not Tensor
+        or not available()
+    ):
+        return None
+    plan = _plan(model)
+    if plan is None:
+        return None
+    loras = [tuple(_lora(p) for p in packs) for packs in plan]
+    if any(lo is None for layer in loras for lo in layer):
+        return None
+    cfg = model.cfg
+    H, Hkv, D, inter, eps = (
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+        cfg.rms_norm_eps,
+    )
+    ext = cpu_ext()
+    cos, sin = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous()
+    slot, keys, max_len = int(pos.reshape(())), cache.attend_len, cache.max_len
+    mask_ptr, mask_ld = mask.data_ptr(), mask.stride(0)
+    x2 = x.reshape(B, d).clone()  # the residual stream, updated in place
+    n1 = model.layers[0].input_layernorm(x2)
+    norms = [layer.input_layernorm.weight for layer in model.layers[1:]] + [model.norm.weight]
+    for i, ((qkv, o, gate_up, down), lo, next_w) in enumerate(zip(plan, loras, norms)):
+        kc, vc = cache.k[i], cache.v[i]
+        y = qkv.w(n1, qkv.bias)
+        attn = torch.empty((B, H * D))
+        ext.dec_attn(y.data_ptr(), y.stride(0), lo[0], cos.data_ptr(), sin.data_ptr(), kc.data_ptr(),
+                     vc.data_ptr(), slot, keys, max_len, mask_ptr, mask_ld, attn.data_ptr(), B, H, Hkv, D)  # fmt: skip
+        y = o.w(attn, o.bias)
+        n2 = torch.empty((B, d))
+        ext.dec_add_norm(y.data_ptr(), y.stride(0), lo[1], x2.data_ptr(),
+                         model.layers[i].post_attention_layernorm.weight.data_ptr(), n2.data_ptr(), B, d, eps)  # fmt: skip
+        y = gate_up.w(n2, gate_up.bias)
+        h = torch.empty((B, inter))
+        ext.dec_silu_mul(y.data_ptr(), y.stride(0), lo[2], h.data_ptr(), B, inter)
+        y = down.w(h, down.bias)
+        n1 = torch.empty((B, d))
+        ext.dec_add_norm(
+            y.data_ptr(), y.stride(0), lo[3], x2.data_ptr(), next_w.data_ptr(), n1.data_ptr(), B, d, eps
+        )
+    return n1.view(B, 1, d)

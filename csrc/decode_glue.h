@@ -1,0 +1,70 @@
+// What a Qwen2 decode step does between its GEMMs, for M rows of one new token each (float32, CPU):
+//
+//   n1 = RMSNorm(x)·w1 ; y = n1 W_qkv + b                                   (GEMM: torch, packed stacks)
+//   dec_attn:      y += s·(a B), RoPE(q, k), k/v into the cache at `slot`, attention over the cache -> o
+//   y = o W_o                                                               (GEMM)
+//   dec_add_norm:  y += s·(a B), x += y, n2 = RMSNorm(x)·w2
+//   y = n2 W_gu                                                             (GEMM)
+//   dec_silu_mul:  y += s·(a B), h = silu(gate)·up
+//   y = h W_down                                                            (GEMM)
+//   dec_add_norm:  y += s·(a B), x += y, n1 = RMSNorm(x)·w (the next layer's, or the final norm's)
+//
+// where y = [z | a] is a stacked GEMM's output (affectrt/models/packed.py): the projections' outputs z side by
+// side, then the unmerged LoRA's A-outputs a [rank]; B is the block-diagonal stack of the adapters' B
+// ([rank, n] "columns" or [n, rank] "rows" layout) and s their common scale. Each term is computed as the
+// modules compute it (t = a B summed in float32, then z + t·s; RoPE as x·cos + rotate_half(x)·sin; SDPA's
+// scores (q·k)·D^-½, softmax, p·v; silu(g) = g / (1 + e^-g)), so the step equals the modules' to float32
+// rounding. A small LLM's step is a few hundred such operators whose dispatch costs more than their work.
+#pragma once
+
+#include <cstdint>
+
+namespace affectrt {
+
+// The LoRA term added to y[:, :n] from y's own columns a = y[:, a_col : a_col + rank] (b == nullptr: none).
+struct DecLora {
+  const float* b;  // [rank, n] (b_rows == 0) or [n, rank] (b_rows == 1)
+  int64_t rank, a_col;
+  int b_rows;
+  float scale;
+};
+
+struct DecAttnArgs {
+  float* y;  // [M, ldy]: q [H·D] | k [Hkv·D] | v [Hkv·D] | a; the LoRA term is added in place
+  int64_t ldy;
+  DecLora lora;
+  const float* cos;  // [M, D] at each row's position
+  const float* sin;
+  float* k_cache;  // [M, Hkv, max_len, D] (one layer), contiguous
+  float* v_cache;
+  int64_t slot, attend_len, max_len;
+  const uint8_t* mask;  // [M, mask_ld] bools: slot j of row m may be attended
+  int64_t mask_ld;
+  float* out;  // [M, H·D]
+  int64_t M, H, Hkv, D;
+};
+
+struct DecAddNormArgs {
+  float* y;  // [M, ldy]: z [d] | a; the LoRA term is added in place
+  int64_t ldy;
+  DecLora lora;
+  float* x;              // [M, d] residual stream, x += z
+  const float* norm_w;   // [d], or nullptr: no norm
+  float* out;            // [M, d] RMSNorm(x)·norm_w
+  int64_t M, d;
+  float eps;
+};
+
+struct DecSiluMulArgs {
+  float* y;  // [M, ldy]: gate [inter] | up [inter] | a; the LoRA term is added in place
+  int64_t ldy;
+  DecLora lora;
+  float* out;  // [M, inter] silu(gate)·up
+  int64_t M, inter;
+};
+
+const char* dec_attn_cpu(const DecAttnArgs& a);
+const char* dec_add_norm_cpu(const DecAddNormArgs& a);
+const char* dec_silu_mul_cpu(const DecSiluMulArgs& a);
+
+}  // namespace affectrt

@@ -1,0 +1,182 @@
+// CPU launchers for decode_glue.h: OpenMP over rows (attention: over rows × key/value heads), float32 loops
+// GCC vectorises in each target clone (exp from vec_math.h).
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+#include "decode_glue.h"
+#include "vec_math.h"
+
+namespace affectrt {
+namespace {
+
+// Per-thread float scratch, grown when needed and never shrunk (a few KB at decode sizes).
+float* tls(size_t n) {
+  static thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// y[0 .. n) += (Σ_r a[r] · B(r, ·)) · s for one row: t = a B summed over r in float32 first, then added times
+// the scale, as the packed modules compute z + (a @ B)·s.
+AFFECTRT_CLONES void lora_row(float* y, int64_t n, const DecLora& L, float* t) {
+  if (L.b == nullptr) return;
+  const float* a = y + L.a_col;
+  for (int64_t j = 0; j < n; ++j) t[j] = 0.0f;
+  if (L.b_rows) {
+    for (int64_t j = 0; j < n; ++j) {
+      float acc = 0.0f;
+      for (int64_t r = 0; r < L.rank; ++r) acc += a[r] * L.b[j * L.rank + r];
+      t[j] = acc;
+    }
+  } else {
+    for (int64_t r = 0; r < L.rank; ++r) {
+      const float ar = a[r];
+      const float* br = L.b + r * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) t[j] += ar * br[j];
+    }
+  }
+  const float s = L.scale;
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) y[j] = y[j] + t[j] * s;
+}
+
+// out = x·cos + rotate_half(x)·sin for one head of D (rotate_half(x) = [-x2, x1]); each product rounded, then
+// the sum, as torch's three elementwise ops.
+AFFECTRT_CLONES void rope_head(const float* x, const float* c, const float* s, int64_t D, float* out) {
+  const int64_t h = D / 2;
+#pragma omp simd
+  for (int64_t i = 0; i < h; ++i) {
+    const float p = x[i] * c[i], q = -x[i + h] * s[i];
+    out[i] = p + q;
+  }
+#pragma omp simd
+  for (int64_t i = h; i < D; ++i) {
+    const float p = x[i] * c[i], q = x[i - h] * s[i];
+    out[i] = p + q;
+  }
+}
+
+AFFECTRT_CLONES float dot(const float* a, const float* b, int64_t n) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// softmax(scores)·V for one query: s[j] (masked slots -inf) -> out [D].
+AFFECTRT_CLONES void softmax_v(float* s, int64_t n, const float* v, int64_t D, float* out) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) mx = s[j] > mx ? s[j] : mx;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = s[j] == -INFINITY ? 0.0f : exp_f32(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  for (int64_t i = 0; i < D; ++i) out[i] = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    if (s[j] == 0.0f) continue;
+    const float p = s[j];
+    const float* vj = v + j * D;
+#pragma omp simd
+    for (int64_t i = 0; i < D; ++i) out[i] += p * vj[i];
+  }
+  const float inv = 1.0f / sum;  // flash attention normalises once, at the end
+#pragma omp simd
+  for (int64_t i = 0; i < D; ++i) out[i] *= inv;
+}
+
+AFFECTRT_CLONES void rms_norm_row(const float* x, const float* w, int64_t d, float eps, float* out) {
+  float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i) out[i] = x[i] * r * w[i];
+}
+
+AFFECTRT_CLONES void add_row(float* x, const float* y, int64_t d) {
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i) x[i] = x[i] + y[i];
+}
+
+AFFECTRT_CLONES void silu_mul_row(const float* g, const float* u, int64_t n, float* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
+}
+
+}  // namespace
+
+const char* dec_attn_cpu(const DecAttnArgs& a) {
+  if (a.H % a.Hkv != 0 || a.D % 2 != 0) return "dec_attn_cpu: heads must group evenly and head_dim be even";
+  if (a.slot < 0 || a.slot >= a.max_len || a.attend_len <= a.slot || a.attend_len > a.max_len)
+    return "dec_attn_cpu: need 0 <= slot < attend_len <= max_len";
+  const int64_t G = a.H / a.Hkv, n = (a.H + 2 * a.Hkv) * a.D;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(a.D));
+#pragma omp parallel
+  {
+    // 1: the LoRA term, RoPE on q and k (q rotated in place in y), k and v into the cache.
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < a.M; ++m) {
+      float* y = a.y + m * a.ldy;
+      lora_row(y, n, a.lora, tls(static_cast<size_t>(n + a.D)));
+      float* rot = tls(static_cast<size_t>(n + a.D)) + n;
+      const float *c = a.cos + m * a.D, *s = a.sin + m * a.D;
+      for (int64_t h = 0; h < a.H; ++h) {
+        rope_head(y + h * a.D, c, s, a.D, rot);
+        for (int64_t i = 0; i < a.D; ++i) y[h * a.D + i] = rot[i];
+      }
+      for (int64_t g = 0; g < a.Hkv; ++g) {
+        const int64_t at = ((m * a.Hkv + g) * a.max_len + a.slot) * a.D;
+        rope_head(y + (a.H + g) * a.D, c, s, a.D, a.k_cache + at);
+        const float* v = y + (a.H + a.Hkv + g) * a.D;
+        for (int64_t i = 0; i < a.D; ++i) a.v_cache[at + i] = v[i];
+      }
+    }
+    // 2: attention, one (row, key/value head) per task: its G query heads over the attended slots.
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < a.M * a.Hkv; ++task) {
+      const int64_t m = task / a.Hkv, g = task % a.Hkv;
+      const float* kc = a.k_cache + (m * a.Hkv + g) * a.max_len * a.D;
+      const float* vc = a.v_cache + (m * a.Hkv + g) * a.max_len * a.D;
+      const uint8_t* ok = a.mask + m * a.mask_ld;
+      float* s = tls(static_cast<size_t>(a.attend_len));
+      for (int64_t i = 0; i < G; ++i) {
+        const int64_t h = g * G + i;
+        const float* q = a.y + m * a.ldy + h * a.D;
+        for (int64_t j = 0; j < a.attend_len; ++j) s[j] = ok[j] ? dot(q, kc + j * a.D, a.D) * scale : -INFINITY;
+        softmax_v(s, a.attend_len, vc, a.D, a.out + m * a.H * a.D + h * a.D);
+      }
+    }
+  }
+  return nullptr;
+}
+
+const char* dec_add_norm_cpu(const DecAddNormArgs& a) {
+#pragma omp parallel for schedule(static)
+  for (int64_t m = 0; m < a.M; ++m) {
+    float* y = a.y + m * a.ldy;
+    lora_row(y, a.d, a.lora, tls(static_cast<size_t>(a.d)));
+    float* x = a.x + m * a.d;
+    add_row(x, y, a.d);
+    if (a.norm_w) rms_norm_row(x, a.norm_w, a.d, a.eps, a.out + m * a.d);
+  }
+  return nullptr;
+}
+
+const char* dec_silu_mul_cpu(const DecSiluMulArgs& a) {
+#pragma omp parallel for schedule(static)
+  for (int64_t m = 0; m < a.M; ++m) {
+    float* y = a.y + m * a.ldy;
+    lora_row(y, 2 * a.inter, a.lora, tls(static_cast<size_t>(2 * a.inter)));
+    silu_mul_row(y, y + a.inter, a.inter, a.out + m * a.inter);
+  }
+  return nullptr;
+}
+
+}  // namespace affectrt

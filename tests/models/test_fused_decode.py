@@ -1,0 +1,160 @@
+"""The decode step with its glue in C++ (affectrt/models/fused_decode.py) against the module path and against
+transformers; where it applies and where it falls back."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from affectrt.generate import GenerationConfig, generate
+from affectrt.models import fused_decode
+from affectrt.models.kv_cache import StaticKVCache
+from affectrt.models.lora import merge_lora
+from affectrt.models.packed import pack_projections
+from affectrt.models.qwen2 import Qwen2ForCausalLM
+from tests.models.test_packed import CFG, lora_llm
+
+pytestmark = pytest.mark.skipif(
+    not fused_decode.available(), reason="affectrt._C without the decode-glue kernels"
+)
+
+STEPS = 4
+
+
+def _spy(monkeypatch) -> list[bool]:
+    """Record whether each decode step took the fused path."""
+    ran, real = [], fused_decode.run_layers
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        ran.append(out is not None)
+        return out
+
+    monkeypatch.setattr(fused_decode, "run_layers", spy)
+    return ran
+
+
+def _decode(model, batch: int) -> tuple[list[torch.Tensor], StaticKVCache]:
+    """A left-padded prefill, then STEPS decode steps as generate runs them: each step's final hidden states."""
+    g = torch.Generator().manual_seed(batch)
+    L = 7
+    ids = torch.randint(0, 96, (batch, L), generator=g)
+    new = torch.randint(0, 96, (batch, STEPS), generator=g)
+    full = torch.ones(batch, L + STEPS, dtype=torch.long)
+    full[0, :3] = 0  # row 0 left-padded
+    cache = StaticKVCache.for_model(model, batch, L + STEPS)
+    cache.length = L
+    step_mask, row_pos = full.bool()[:, None, None, :], full[:, :L].sum(-1, keepdim=True)
+    outs = []
+    with torch.inference_mode():
+        model.forward_hidden(
+            input_ids=ids, attention_mask=full, kv_cache=cache, cache_position=torch.arange(L)
+        )
+        for i in range(STEPS):
+            cache.length = L + i + 1
+            outs.append(
+                model.forward_hidden(
+                    input_ids=new[:, i : i + 1],
+                    attention_mask=step_mask[..., : cache.length],
+                    position_ids=row_pos + i,
+                    kv_cache=cache,
+                    cache_position=torch.tensor([L + i]),
+                )
+            )
+    return outs, cache
+
+
+@pytest.mark.parametrize("variant", ["lora", "merged", "no_lora", "some_targets", "rows_layout"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_fused_step_equals_the_module_path(variant, batch, monkeypatch):
+    from affectrt.models import packed
+
+    if variant == "some_targets":
+        model = lora_llm(targets=("q_proj", "v_proj", "down_proj"))
+    elif variant == "no_lora":
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(CFG).eval()
+    else:
+        model = lora_llm()
+    if variant == "merged":
+        merge_lora(model)
+    if variant == "rows_layout":  # the stacks of weights that live in memory: nn.Linear's layout, rows_linear
+        monkeypatch.setattr(packed, "ROWS_KERNEL_MIN_BYTES", 0)
+    ref = copy.deepcopy(model)
+    pack_projections(model)
+    pack_projections(ref)
+    ran = _spy(monkeypatch)
+    got, got_cache = _decode(model, batch)
+    assert ran == [True] * STEPS
+    monkeypatch.setattr(fused_decode, "run_layers", lambda *a, **k: None)
+    want, want_cache = _decode(ref, batch)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got_cache.k, want_cache.k, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(got_cache.v, want_cache.v, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["unpacked", "bf16_base", "mixed_scales", "grad", "dropout"])
+def test_falls_back_where_it_does_not_apply(case, monkeypatch):
+    model = lora_llm()
+    if case == "bf16_base":
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".lora_" not in name:
+                    p.data = p.data.to(torch.bfloat16)
+    if case == "mixed_scales":  # a per-column scale tensor in the qkv stack
+        model.layers[0].self_attn.k_proj.scale = 5.0
+    if case != "unpacked":
+        pack_projections(model)
+    if case == "dropout":
+        model.train()
+    ran = _spy(monkeypatch)
+    ids = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(0))
+    ctx = torch.enable_grad() if case in ("grad", "dropout") else torch.inference_mode()
+    with ctx:
+        if case in ("grad", "dropout"):
+            cache = StaticKVCache.for_model(model, 2, 6)
+            cache.length = 5
+            model.forward_hidden(input_ids=ids, kv_cache=cache, cache_position=torch.arange(5))
+            cache.length = 6
+            model.forward_hidden(input_ids=ids[:, :1], kv_cache=cache, cache_position=torch.tensor([5]))
+        else:
+            generate(model, input_ids=ids, gen=GenerationConfig(max_new_tokens=3))
+    assert not any(ran)
+
+
+def test_greedy_tokens_equal_transformers():
+    transformers = pytest.importorskip("transformers")  # noqa: F841
+    from affectrt.models.qwen2 import qwen2_config_from_hf
+    from affectrt.testing.hf_models import tiny_qwen2
+
+    hf = tiny_qwen2(256)
+    ours = Qwen2ForCausalLM(qwen2_config_from_hf(hf.config.to_dict())).eval()
+    ours.load_hf_state_dict(hf.state_dict())
+    pack_projections(ours)
+    ids = torch.randint(0, 256, (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        emb = ours.embed_tokens(ids)
+        want = hf.generate(
+            inputs_embeds=emb, attention_mask=mask, pad_token_id=0, eos_token_id=None, max_new_tokens=12,
+            do_sample=False,
+        ).tolist()  # fmt: skip
+    ran = []
+    real = fused_decode.run_layers
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        ran.append(out is not None)
+        return out
+
+    fused_decode.run_layers = spy
+    try:
+        got = generate(ours, emb, mask, GenerationConfig(max_new_tokens=12))
+    finally:
+        fused_decode.run_layers = real
+    assert all(ran) and len(ran) == 11
+    assert got == want
