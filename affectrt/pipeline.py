@@ -23,6 +23,7 @@ from torch import Tensor
 from affectrt.compile import COMPILED_DECODE_MAX_ROWS, check_compiler, compiled_decode_step
 from affectrt.generate import GenerationConfig, generate
 from affectrt.media.preprocess import clip_pixels
+from affectrt.models import fused_decode
 from affectrt.models.affectgpt import AffectGPT
 from affectrt.models.packed import pack_projections
 from affectrt.text.prompts import QUESTIONS, build_prompt, postprocess_answer
@@ -249,8 +250,9 @@ class AffectGPTPipeline:
         keep = RELEASE_MAX_LENGTH - gen.max_new_tokens
         if keep > 0 and embeds.shape[1] > keep:
             embeds, mask = embeds[:, -keep:], mask[:, -keep:]
-        step = self._decode_step if embeds.shape[0] <= COMPILED_DECODE_MAX_ROWS else None
         pack_projections(self.model.llm)  # once; later calls only check that the packs are intact
+        compiled = embeds.shape[0] <= COMPILED_DECODE_MAX_ROWS and not fused_decode.supported(self.model.llm)
+        step = self._decode_step if compiled else None
         rows = generate(self.model.llm, inputs_embeds=embeds, attention_mask=mask, gen=gen, step=step)
         return [self.decode(r) for r in rows]
 
