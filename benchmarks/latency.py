@@ -63,7 +63,8 @@ EXTRAS = {
     "compile": {
         "pipeline": {"compile_model": True},
         "label": "compiled",
-        "note": "affectrt (fp32) with its decode step compiled by torch.compile (batch 1 only)",
+        "note": "affectrt (fp32) built with compile_model=True: its decode step compiled by torch.compile at batch "
+        "1, unless the fused eager step applies (float32 CPU: then that one runs, as in the fp32 column)",
     },
 }
 SPREAD_WARNING = 0.25  # (p80 - p20) / median above this: the machine was busy; the ratio is unreliable
