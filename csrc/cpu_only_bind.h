@@ -90,11 +90,27 @@ inline void bind_cpu_only(pybind11::module_& m) {
   m.def(
       "dec_attn",
       [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t cos, uintptr_t sin, uintptr_t kc, uintptr_t vc,
-                  int64_t slot, int64_t attend_len, int64_t max_len, uintptr_t mask, int64_t mask_ld, uintptr_t out,
-                  int64_t M, int64_t H, int64_t Hkv, int64_t D) {
-        const DecAttnArgs a{f32(y),   ldy,        lora(l), f32(cos), f32(sin), f32(kc),
-                            f32(vc),  slot,       attend_len, max_len, reinterpret_cast<const uint8_t*>(mask),
-                            mask_ld,  f32(out),   M,       H,        Hkv,      D};
+                  uintptr_t slots, int64_t Lq, int64_t attend_len, int64_t max_len, uintptr_t mask, int64_t mask_sb,
+                  int64_t mask_sl, uintptr_t out, int64_t M, int64_t H, int64_t Hkv, int64_t D) {
+        const DecAttnArgs a{f32(y),
+                            ldy,
+                            lora(l),
+                            f32(cos),
+                            f32(sin),
+                            f32(kc),
+                            f32(vc),
+                            reinterpret_cast<const int64_t*>(slots),
+                            Lq,
+                            attend_len,
+                            max_len,
+                            reinterpret_cast<const uint8_t*>(mask),
+                            mask_sb,
+                            mask_sl,
+                            f32(out),
+                            M,
+                            H,
+                            Hkv,
+                            D};
         const char* err;
         {
           py::gil_scoped_release nogil;
@@ -102,7 +118,7 @@ inline void bind_cpu_only(pybind11::module_& m) {
         }
         check(err);
       },
-      "decode step: LoRA term, RoPE, k/v into the cache at slot, attention over it (decode_glue.h)");
+      "LoRA term, RoPE, k/v into the cache at each token's slot, attention over it (decode_glue.h)");
   m.def(
       "dec_add_norm",
       [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t x, uintptr_t norm_w, uintptr_t out, int64_t M,

@@ -1,4 +1,5 @@
-// What a Qwen2 decode step does between its GEMMs, for M rows of one new token each (float32, CPU):
+// What a Qwen2 step over a static cache does between its GEMMs, for M = B·Lq tokens (Lq new tokens in each of
+// B rows: Lq = 1 decodes, Lq > 1 is a prefill), float32, CPU:
 //
 //   n1 = RMSNorm(x)·w1 ; y = n1 W_qkv + b                                   (GEMM: torch, packed stacks)
 //   dec_attn:      y += s·(a B), RoPE(q, k), k/v into the cache at `slot`, attention over the cache -> o
@@ -30,16 +31,17 @@ struct DecLora {
 };
 
 struct DecAttnArgs {
-  float* y;  // [M, ldy]: q [H·D] | k [Hkv·D] | v [Hkv·D] | a; the LoRA term is added in place
+  float* y;  // [M, ldy], token m = b·Lq + l: q [H·D] | k [Hkv·D] | v [Hkv·D] | a; LoRA term added in place
   int64_t ldy;
   DecLora lora;
-  const float* cos;  // [M, D] at each row's position
+  const float* cos;  // [M, D] at each token's position
   const float* sin;
-  float* k_cache;  // [M, Hkv, max_len, D] (one layer), contiguous
+  float* k_cache;  // [B, Hkv, max_len, D] (one layer), contiguous
   float* v_cache;
-  int64_t slot, attend_len, max_len;
-  const uint8_t* mask;  // [M, mask_ld] bools: slot j of row m may be attended
-  int64_t mask_ld;
+  const int64_t* slots;  // [Lq]: the cache slot token l of every row is written to
+  int64_t Lq, attend_len, max_len;
+  const uint8_t* mask;  // bools, mask[b·mask_sb + l·mask_sl + j]: token (b, l) may attend slot j
+  int64_t mask_sb, mask_sl;
   float* out;  // [M, H·D]
   int64_t M, H, Hkv, D;
 };

@@ -114,15 +114,19 @@ AFFECTRT_CLONES void silu_mul_row(const float* g, const float* u, int64_t n, flo
 
 const char* dec_attn_cpu(const DecAttnArgs& a) {
   if (a.H % a.Hkv != 0 || a.D % 2 != 0) return "dec_attn_cpu: heads must group evenly and head_dim be even";
-  if (a.slot < 0 || a.slot >= a.max_len || a.attend_len <= a.slot || a.attend_len > a.max_len)
-    return "dec_attn_cpu: need 0 <= slot < attend_len <= max_len";
+  if (a.Lq <= 0 || a.M % a.Lq != 0) return "dec_attn_cpu: M must be a whole number of rows of Lq tokens";
+  if (a.attend_len <= 0 || a.attend_len > a.max_len) return "dec_attn_cpu: need 0 < attend_len <= max_len";
+  for (int64_t l = 0; l < a.Lq; ++l)
+    if (a.slots[l] < 0 || a.slots[l] >= a.attend_len) return "dec_attn_cpu: need 0 <= slot < attend_len";
   const int64_t G = a.H / a.Hkv, n = (a.H + 2 * a.Hkv) * a.D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(a.D));
 #pragma omp parallel
   {
-    // 1: the LoRA term, RoPE on q and k (q rotated in place in y), k and v into the cache.
+    // 1: the LoRA term, RoPE on q and k (q rotated in place in y), k and v into the cache. Every token's
+    // keys are written before any attends (the loop's barrier): a prefill's tokens attend each other.
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < a.M; ++m) {
+      const int64_t b = m / a.Lq, slot = a.slots[m % a.Lq];
       float* y = a.y + m * a.ldy;
       lora_row(y, n, a.lora, tls(static_cast<size_t>(n + a.D)));
       float* rot = tls(static_cast<size_t>(n + a.D)) + n;
@@ -132,19 +136,19 @@ const char* dec_attn_cpu(const DecAttnArgs& a) {
         for (int64_t i = 0; i < a.D; ++i) y[h * a.D + i] = rot[i];
       }
       for (int64_t g = 0; g < a.Hkv; ++g) {
-        const int64_t at = ((m * a.Hkv + g) * a.max_len + a.slot) * a.D;
+        const int64_t at = ((b * a.Hkv + g) * a.max_len + slot) * a.D;
         rope_head(y + (a.H + g) * a.D, c, s, a.D, a.k_cache + at);
         const float* v = y + (a.H + a.Hkv + g) * a.D;
         for (int64_t i = 0; i < a.D; ++i) a.v_cache[at + i] = v[i];
       }
     }
-    // 2: attention, one (row, key/value head) per task: its G query heads over the attended slots.
+    // 2: attention, one (token, key/value head) per task: its G query heads over the attended slots.
 #pragma omp for schedule(static)
     for (int64_t task = 0; task < a.M * a.Hkv; ++task) {
-      const int64_t m = task / a.Hkv, g = task % a.Hkv;
-      const float* kc = a.k_cache + (m * a.Hkv + g) * a.max_len * a.D;
-      const float* vc = a.v_cache + (m * a.Hkv + g) * a.max_len * a.D;
-      const uint8_t* ok = a.mask + m * a.mask_ld;
+      const int64_t m = task / a.Hkv, g = task % a.Hkv, b = m / a.Lq;
+      const float* kc = a.k_cache + (b * a.Hkv + g) * a.max_len * a.D;
+      const float* vc = a.v_cache + (b * a.Hkv + g) * a.max_len * a.D;
+      const uint8_t* ok = a.mask + b * a.mask_sb + (m % a.Lq) * a.mask_sl;
       float* s = tls(static_cast<size_t>(a.attend_len));
       for (int64_t i = 0; i < G; ++i) {
         const int64_t h = g * G + i;

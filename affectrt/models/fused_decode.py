@@ -1,4 +1,4 @@
-"""A decode step's layers with the work between the GEMMs in C++ (csrc/decode_glue*): float32 on the CPU.
+"""Decode steps (and short prefills) with the work between the GEMMs in C++ (csrc/decode_glue*): float32, CPU.
 
 A step of a small LLM (the `small` preset's, whose weights the caches hold) is a few hundred tiny operators:
 per layer two RMSNorms, four packed GEMMs (:mod:`affectrt.models.packed`), the unmerged LoRA's B term after
@@ -12,7 +12,8 @@ four GEMMs (torch, on the packed stacks, as before) and three C++ calls for ever
 
 Each term is the modules' own formula in float32 (csrc/decode_glue.h), so logits agree to float32 rounding
 (``tests/models/test_fused_decode.py``: against the module path and transformers). It runs only where it
-applies exactly: one new token per row with a static cache, float32 weights, cache and LoRA, the projections
+applies exactly: a step over a static cache (one new token per row, or a prefill of up to :data:`MAX_PREFILL`
+tokens), float32 weights, cache and LoRA, the projections
 packed with LoRA's A inside the stacked GEMM and one scale per stack, plain eager inference (no autograd,
 tracing, export or compilation). Anything else takes the module path. On weights that stream from memory (the
 `medium` preset, a real 7B) the GEMMs' reads dominate the step and this saves its few dispatches only.
@@ -30,6 +31,11 @@ from affectrt.ops._ext import cpu_ext
 
 _GROUPS = (("self_attn", "qkv"), ("self_attn", "o"), ("mlp", "gate_up"), ("mlp", "down"))
 _NO_LORA = (0, 0, 0, 0, 0.0)
+# Prefills of up to this many tokens per row run here too. Their attention is a plain loop over the keys per
+# query, which SDPA's blocked kernel overtakes on longer prompts: `small` preset, 2-core Xeon, a scratch A/B of
+# forward_hidden: 117 tokens 6.6 against 8.2 ms (batch 8: 38.1 against 39.8), 256 tokens 14.6 against 14.4,
+# 512 tokens 35.2 against 24.2.
+MAX_PREFILL = 128
 
 
 def available() -> bool:
@@ -83,22 +89,24 @@ def supported(model) -> bool:
 def run_layers(
     model, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: StaticKVCache | None, pos: Tensor
 ) -> Tensor | None:
-    """The final-norm hidden states [B, 1, d] of one decode step, or None when the step does not qualify.
+    """The final-norm hidden states [B, L, d] of a step over the static cache, or None when it does not qualify.
 
-    x [B, 1, d]: the new tokens' embeddings; cos, sin [B, 1, head_dim]; mask [B, 1, 1, K] bool (K =
-    ``cache.attend_len``); pos [1]: the cache slot written (arguments as Qwen2ForCausalLM.forward_hidden).
+    x [B, L, d]: the new tokens' embeddings; cos, sin [B, L, head_dim]; mask [B, 1, L, K] bool (K =
+    ``cache.attend_len``); pos [L]: the cache slots written (arguments as Qwen2ForCausalLM.forward_hidden).
+    L = 1 is a decode step; a prefill of up to :data:`MAX_PREFILL` tokens runs here too.
     """
     B, L, d = x.shape
     if (
-        L != 1
+        L > MAX_PREFILL
         or cache is None
         or mask is None
-        or pos.numel() != 1
+        or pos.numel() != L
+        or pos.dtype != torch.int64
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or cache.k.dtype != torch.float32
         or mask.dtype != torch.bool
-        or tuple(mask.shape) != (B, 1, 1, cache.attend_len)
+        or tuple(mask.shape) != (B, 1, L, cache.attend_len)
         or mask.stride(-1) != 1
         or not may_overwrite()
         or type(x) is not Tensor
@@ -117,28 +125,30 @@ def run_layers(
         cfg.rms_norm_eps,
     )
     ext = cpu_ext()
-    cos, sin = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous()
-    slot, keys, max_len = int(pos.reshape(())), cache.attend_len, cache.max_len
-    mask_ptr, mask_ld = mask.data_ptr(), mask.stride(0)
-    x2 = x.reshape(B, d).clone()  # the residual stream, updated in place
+    M = B * L
+    cos, sin = cos.reshape(M, D).contiguous(), sin.reshape(M, D).contiguous()
+    pos = pos.reshape(L).contiguous()
+    keys, max_len = cache.attend_len, cache.max_len
+    mask_ptr, mask_sb, mask_sl = mask.data_ptr(), mask.stride(0), mask.stride(2)
+    x2 = x.reshape(M, d).clone()  # the residual stream, updated in place
     n1 = model.layers[0].input_layernorm(x2)
     norms = [layer.input_layernorm.weight for layer in model.layers[1:]] + [model.norm.weight]
     for i, ((qkv, o, gate_up, down), lo, next_w) in enumerate(zip(plan, loras, norms)):
         kc, vc = cache.k[i], cache.v[i]
         y = qkv.w(n1, qkv.bias)
-        attn = torch.empty((B, H * D))
-        ext.dec_attn(y.data_ptr(), y.stride(0), lo[0], cos.data_ptr(), sin.data_ptr(), kc.data_ptr(),
-                     vc.data_ptr(), slot, keys, max_len, mask_ptr, mask_ld, attn.data_ptr(), B, H, Hkv, D)  # fmt: skip
+        attn = torch.empty((M, H * D))
+        ext.dec_attn(y.data_ptr(), y.stride(0), lo[0], cos.data_ptr(), sin.data_ptr(), kc.data_ptr(), vc.data_ptr(),
+                     pos.data_ptr(), L, keys, max_len, mask_ptr, mask_sb, mask_sl, attn.data_ptr(), M, H, Hkv, D)  # fmt: skip
         y = o.w(attn, o.bias)
-        n2 = torch.empty((B, d))
+        n2 = torch.empty((M, d))
         ext.dec_add_norm(y.data_ptr(), y.stride(0), lo[1], x2.data_ptr(),
-                         model.layers[i].post_attention_layernorm.weight.data_ptr(), n2.data_ptr(), B, d, eps)  # fmt: skip
+                         model.layers[i].post_attention_layernorm.weight.data_ptr(), n2.data_ptr(), M, d, eps)  # fmt: skip
         y = gate_up.w(n2, gate_up.bias)
-        h = torch.empty((B, inter))
-        ext.dec_silu_mul(y.data_ptr(), y.stride(0), lo[2], h.data_ptr(), B, inter)
+        h = torch.empty((M, inter))
+        ext.dec_silu_mul(y.data_ptr(), y.stride(0), lo[2], h.data_ptr(), M, inter)
         y = down.w(h, down.bias)
-        n1 = torch.empty((B, d))
+        n1 = torch.empty((M, d))
         ext.dec_add_norm(
-            y.data_ptr(), y.stride(0), lo[3], x2.data_ptr(), next_w.data_ptr(), n1.data_ptr(), B, d, eps
+            y.data_ptr(), y.stride(0), lo[3], x2.data_ptr(), next_w.data_ptr(), n1.data_ptr(), M, d, eps
         )
-    return n1.view(B, 1, d)
+    return n1.view(B, L, d)

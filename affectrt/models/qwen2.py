@@ -302,8 +302,8 @@ class Qwen2ForCausalLM(nn.Module):
                 attention_mask = attention_mask[:, :num_keys]  # later slots are not attended this step
             mask = attention_mask_for_cache(attention_mask, cache_position, num_keys, B)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
-        if L == 1 and kv_cache is not None and not torch.is_grad_enabled():
-            # a decode step: the work between the GEMMs in C++ where it applies (fused_decode's docstring)
+        if kv_cache is not None and not torch.is_grad_enabled():
+            # a step over the static cache: the work between the GEMMs in C++ where it applies (fused_decode)
             hidden = fused_decode.run_layers(self, x, cos, sin, mask, kv_cache, cache_position)
             if hidden is not None:
                 return hidden

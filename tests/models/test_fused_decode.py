@@ -37,7 +37,7 @@ def _spy(monkeypatch) -> list[bool]:
 
 
 def _decode(model, batch: int) -> tuple[list[torch.Tensor], StaticKVCache]:
-    """A left-padded prefill, then STEPS decode steps as generate runs them: each step's final hidden states."""
+    """A left-padded prefill, then STEPS decode steps as generate runs them: the final hidden states of each."""
     g = torch.Generator().manual_seed(batch)
     L = 7
     ids = torch.randint(0, 96, (batch, L), generator=g)
@@ -87,7 +87,7 @@ def test_fused_step_equals_the_module_path(variant, batch, monkeypatch):
     pack_projections(ref)
     ran = _spy(monkeypatch)
     got, got_cache = _decode(model, batch)
-    assert ran == [True] * STEPS
+    assert ran == [True] * (1 + STEPS)  # the prefill too
     monkeypatch.setattr(fused_decode, "run_layers", lambda *a, **k: None)
     want, want_cache = _decode(ref, batch)
     for g, w in zip(got, want):
@@ -125,6 +125,15 @@ def test_falls_back_where_it_does_not_apply(case, monkeypatch):
     assert not any(ran)
 
 
+def test_prefills_past_the_limit_take_the_module_path(monkeypatch):
+    model = lora_llm()
+    pack_projections(model)
+    monkeypatch.setattr(fused_decode, "MAX_PREFILL", 6)  # the prompt below has 7 tokens
+    ran = _spy(monkeypatch)
+    _decode(model, 2)
+    assert ran == [False] + [True] * STEPS
+
+
 def test_greedy_tokens_equal_transformers():
     transformers = pytest.importorskip("transformers")  # noqa: F841
     from affectrt.models.qwen2 import qwen2_config_from_hf
@@ -156,5 +165,5 @@ def test_greedy_tokens_equal_transformers():
         got = generate(ours, emb, mask, GenerationConfig(max_new_tokens=12))
     finally:
         fused_decode.run_layers = real
-    assert all(ran) and len(ran) == 11
+    assert all(ran) and len(ran) == 12  # the prefill and 11 decode steps
     assert got == want
