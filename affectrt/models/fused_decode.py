@@ -66,6 +66,9 @@ def _plan(model) -> tuple[list[tuple[PackedLinears, ...]], list[tuple]] | None:
         return None
     packs, loras = [], []
     for layer in model.layers:
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if norm.weight.dtype != torch.float32 or not norm.weight.is_contiguous():
+                return None
         group = tuple(getattr(layer, owner).packs.get(name) for owner, name in _GROUPS)
         if any(p is None or not p.usable() for p in group):
             return None
@@ -105,6 +108,10 @@ def run_layers(
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or cache.k.dtype != torch.float32
+        or tuple(cache.k.shape)
+        != (len(model.layers), B, model.cfg.num_kv_heads, cache.max_len, model.cfg.head_dim)
+        or not cache.k.is_contiguous()
+        or not cache.v.is_contiguous()
         or mask.dtype != torch.bool
         or tuple(mask.shape) != (B, 1, L, cache.attend_len)
         or mask.stride(-1) != 1
