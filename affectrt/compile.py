@@ -8,8 +8,9 @@ and the scripts quoted in the issue notes), which decides what is compiled:
   same compiled step is *slower* than eager (13.2 vs 8.1 ms: the attended cache length changes every step, so
   the graph is compiled with dynamic shapes, and Inductor's CPU code for those loses to the eager kernels). So
   only batches of one row use it. Greedy tokens equal eager's. Where the fused eager step applies (float32 on
-  the CPU, :mod:`affectrt.models.fused_decode`) it is faster still, 1.11 against 1.42 ms per token, and the
-  pipeline does not use the compiled step: it serves the other cases (a bf16 or fp16 LLM, no ``affectrt._C``).
+  the CPU, :mod:`affectrt.models.fused_decode`) it is faster still, 1.11 against 1.42 ms per token
+  (``latency.py --repeats 5 --compile`` at commit 309dba0), and the pipeline does not use the compiled step:
+  it serves the other cases (a bf16 or fp16 LLM, no ``affectrt._C``).
 - **Encoders: not compiled.** With ``freezing`` (weights folded and prepacked, LayerNorm/GELU fused) CLIP ran
   ~1.1x faster and HuBERT ~0.9x (slower), 8 frames + 8 windows, interleaved medians: no net gain for ~8 s of
   compilation. Their time is GEMMs and convolutions that already run at ~75 % of the BLAS's rate.

@@ -84,7 +84,8 @@ def supported(model) -> bool:
     """Whether ``model``'s (a packed Qwen2) decode steps run fused; ask without autograd, as generate runs.
 
     The pipeline then leaves its compiled decode step unused: on the `small` preset at batch 1 the fused eager
-    step took 1.11 ms per token against 1.42 compiled (``python benchmarks/latency.py --compile``).
+    step took 1.11 ms per token against 1.42 compiled (``python benchmarks/latency.py --repeats 5 --compile`` at
+    commit 309dba0, before the pipeline made this choice).
     """
     return _plan(model) is not None
 
