@@ -1,5 +1,6 @@
 // pybind11 bindings of the CPU-only kernels (bias_act.h, feat_conv.h and decode_glue.h: float32;
-// rows_linear.h: float32, float16, bfloat16), included by bindings_cpu.cpp. Each takes raw pointers, sizes and strides from its affectrt.ops module.
+// rows_linear.h: float32, float16, bfloat16), included by bindings_cpu.cpp. Each takes raw pointers, sizes
+// and strides from its affectrt.ops (or affectrt.models.fused_decode) module.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -19,6 +20,17 @@ inline void check(const char* err) {
   if (err) throw std::invalid_argument(err);
 }
 
+// Run a launcher without the GIL (it only touches raw memory), then raise its error message, if any.
+template <typename Args>
+void run_nogil(const char* (*launch)(const Args&), const Args& a) {
+  const char* err;
+  {
+    pybind11::gil_scoped_release nogil;
+    err = launch(a);
+  }
+  check(err);
+}
+
 inline void bind_cpu_only(pybind11::module_& m) {
   namespace py = pybind11;
   auto f32 = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
@@ -26,12 +38,7 @@ inline void bind_cpu_only(pybind11::module_& m) {
       "bias_act",
       [f32](uintptr_t y, uintptr_t bias, int64_t rows, int64_t cols, int64_t y_sr, int act) {
         const BiasActArgs a{f32(y), f32(bias), rows, cols, y_sr, act};
-        const char* err;
-        {
-          py::gil_scoped_release nogil;
-          err = bias_act_cpu(a);
-        }
-        check(err);
+        run_nogil(bias_act_cpu, a);
       },
       "y[r, :] = act(y[r, :] + bias) in place (float32; bias 0 = none)", py::arg("y"), py::arg("bias"),
       py::arg("rows"), py::arg("cols"), py::arg("y_sr"), py::arg("act"));
@@ -41,12 +48,7 @@ inline void bind_cpu_only(pybind11::module_& m) {
          int64_t ldw, int64_t ldy, int dtype) {
         auto p = [](uintptr_t v) { return reinterpret_cast<void*>(v); };
         const RowsLinearArgs a{p(x), p(w), p(bias), p(y), M, N, K, ldx, ldw, ldy, dtype};
-        const char* err;
-        {
-          py::gil_scoped_release nogil;
-          err = rows_linear_cpu(a);
-        }
-        check(err);
+        run_nogil(rows_linear_cpu, a);
       },
       "y[m, n] = x[m, :] · w[n, :] + bias[n] for a few rows (float32, float16 or bfloat16, summed in float32; "
       "bias 0 = none)",
@@ -56,12 +58,7 @@ inline void bind_cpu_only(pybind11::module_& m) {
       "ln_gelu",
       [f32](uintptr_t y, uintptr_t gamma, uintptr_t beta, int64_t rows, int64_t C, int64_t y_sr, float eps) {
         const LnGeluArgs a{f32(y), f32(gamma), f32(beta), rows, C, y_sr, eps};
-        const char* err;
-        {
-          py::gil_scoped_release nogil;
-          err = ln_gelu_cpu(a);
-        }
-        check(err);
+        run_nogil(ln_gelu_cpu, a);
       },
       "y[r, :] = GELU(LayerNorm(y[r, :])) in place (float32)", py::arg("y"), py::arg("gamma"), py::arg("beta"),
       py::arg("rows"), py::arg("C"), py::arg("y_sr"), py::arg("eps"));
@@ -71,12 +68,7 @@ inline void bind_cpu_only(pybind11::module_& m) {
             int64_t S, int64_t T, int64_t C, int64_t K, int64_t stride, int64_t x_sn, int64_t x_ss, float eps) {
         const Conv0Args a{f32(x), f32(w), f32(bias), f32(gamma), f32(beta), f32(out), N, S, T, C, K, stride,
                           x_sn, x_ss, eps};
-        const char* err;
-        {
-          py::gil_scoped_release nogil;
-          err = conv0_ln_gelu_cpu(a);
-        }
-        check(err);
+        run_nogil(conv0_ln_gelu_cpu, a);
       },
       "out[n, t, :] = GELU(LayerNorm(conv1d(x[n], w, stride)[t])) (float32, one input channel)", py::arg("x"),
       py::arg("w"), py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("N"),
@@ -111,12 +103,7 @@ inline void bind_cpu_only(pybind11::module_& m) {
                             H,
                             Hkv,
                             D};
-        const char* err;
-        {
-          py::gil_scoped_release nogil;
-          err = dec_attn_cpu(a);
-        }
-        check(err);
+        run_nogil(dec_attn_cpu, a);
       },
       "LoRA term, RoPE, k/v into the cache at each token's slot, attention over it (decode_glue.h)");
   m.def(
@@ -124,24 +111,14 @@ inline void bind_cpu_only(pybind11::module_& m) {
       [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t x, uintptr_t norm_w, uintptr_t out, int64_t M,
                   int64_t d, float eps) {
         const DecAddNormArgs a{f32(y), ldy, lora(l), f32(x), f32(norm_w), f32(out), M, d, eps};
-        const char* err;
-        {
-          py::gil_scoped_release nogil;
-          err = dec_add_norm_cpu(a);
-        }
-        check(err);
+        run_nogil(dec_add_norm_cpu, a);
       },
       "decode step: LoRA term, x += y, out = RMSNorm(x)·w (decode_glue.h)");
   m.def(
       "dec_silu_mul",
       [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t out, int64_t M, int64_t inter) {
         const DecSiluMulArgs a{f32(y), ldy, lora(l), f32(out), M, inter};
-        const char* err;
-        {
-          py::gil_scoped_release nogil;
-          err = dec_silu_mul_cpu(a);
-        }
-        check(err);
+        run_nogil(dec_silu_mul_cpu, a);
       },
       "decode step: LoRA term, out = silu(gate)·up (decode_glue.h)");
 }

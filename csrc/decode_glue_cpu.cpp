@@ -128,8 +128,9 @@ const char* dec_attn_cpu(const DecAttnArgs& a) {
     for (int64_t m = 0; m < a.M; ++m) {
       const int64_t b = m / a.Lq, slot = a.slots[m % a.Lq];
       float* y = a.y + m * a.ldy;
-      lora_row(y, n, a.lora, tls(static_cast<size_t>(n + a.D)));
-      float* rot = tls(static_cast<size_t>(n + a.D)) + n;
+      float* buf = tls(static_cast<size_t>(n + a.D));  // the LoRA term [n], then one rotated head [D]
+      lora_row(y, n, a.lora, buf);
+      float* rot = buf + n;
       const float *c = a.cos + m * a.D, *s = a.sin + m * a.D;
       for (int64_t h = 0; h < a.H; ++h) {
         rope_head(y + h * a.D, c, s, a.D, rot);

@@ -167,7 +167,8 @@ void run_gemv(const RowsLinearArgs& a) {
 
 void run_gemm(const RowsLinearArgs& a) {
   const Tile t = pick_tile(a.M);
-  const int64_t Mp = t.mp, half = a.dtype != kFloat32;
+  const int64_t Mp = t.mp;
+  const bool half = a.dtype != kFloat32;
   // shared: x^T [K, Mp] (+ x as float32 [M, K] for 16-bit x); per thread: c [kTileRows, Mp], the tile's
   // widened weight rows [nr, K] (16-bit weights), one output row [kTileRows], the bias of its rows [N]
   const int64_t shared = round_line(a.K * Mp) + (half ? round_line(a.M * a.K) : 0);
