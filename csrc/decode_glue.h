@@ -47,7 +47,7 @@ struct DecAttnArgs {
 };
 
 struct DecAddNormArgs {
-  float* y;  // [M, ldy]: z [d] | a; the LoRA term is added in place
+  float* y;  // [M, ldy]: z [d] | a; the LoRA term is added in place (nullptr: no add, only the norm of x)
   int64_t ldy;
   DecLora lora;
   float* x;              // [M, d] residual stream, x += z

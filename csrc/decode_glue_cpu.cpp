@@ -165,10 +165,12 @@ const char* dec_attn_cpu(const DecAttnArgs& a) {
 const char* dec_add_norm_cpu(const DecAddNormArgs& a) {
 #pragma omp parallel for schedule(static)
   for (int64_t m = 0; m < a.M; ++m) {
-    float* y = a.y + m * a.ldy;
-    lora_row(y, a.d, a.lora, tls(static_cast<size_t>(a.d)));
     float* x = a.x + m * a.d;
-    add_row(x, y, a.d);
+    if (a.y) {
+      float* y = a.y + m * a.ldy;
+      lora_row(y, a.d, a.lora, tls(static_cast<size_t>(a.d)));
+      add_row(x, y, a.d);
+    }
     if (a.norm_w) rms_norm_row(x, a.norm_w, a.d, a.eps, a.out + m * a.d);
   }
   return nullptr;

@@ -56,6 +56,8 @@ def _repoint(param: nn.Parameter, view: Tensor) -> None:
 # `small`'s, which the caches hold (all below 2 MB), MKL's 1.1 against 1.3 ms. 16-bit stacks take the same
 # threshold (not measured separately below it).
 ROWS_KERNEL_MIN_BYTES = 4 << 20
+# The attribute of a packed LLM under which affectrt.models.fused_decode keeps its plan of the packs.
+DERIVED_ATTR = "_fused_plan"
 # Rows per call the kernel takes, by weight dtype (float32: MKL for one to three rows and for prefill; 16-bit:
 # one row, `python benchmarks/cpu_parts.py --only rows_linear --dtype bfloat16 --rows 1`, 1.17x bf16, 1.48x
 # fp16 there; with `--rows 16` torch's bf16 path read 13.8 GB/s against the kernel's 7.3).
@@ -242,7 +244,16 @@ def pack_projections(llm: nn.Module) -> int:
     if llm.lm_head is not None and (head is None or not head.intact()):
         llm.packs["lm_head"] = PackedLinears([llm.lm_head])
         n += 1
+    if n:
+        _forget_derived(llm)
     return n
+
+
+def _forget_derived(llm: nn.Module) -> None:
+    """Drop what other modules keep on ``llm`` about its packs (fused_decode's plan holds them): replaced
+    stacks are then freed at once, not only at the next decode step (for a 7B model, a second copy of the
+    weights in between)."""
+    llm.__dict__.pop(DERIVED_ATTR, None)
 
 
 def unpack_projections(llm: nn.Module) -> None:
@@ -254,3 +265,4 @@ def unpack_projections(llm: nn.Module) -> None:
                 for p in pack._params:
                     _repoint(p, p.data.clone(memory_format=torch.contiguous_format))
             owner.packs.clear()
+    _forget_derived(llm)

@@ -126,6 +126,53 @@ def test_falls_back_where_it_does_not_apply(case, monkeypatch):
     assert ran == [False] * 3  # asked at the prefill and both decode steps, declined each time
 
 
+@pytest.mark.parametrize("change", ["merge", "replace", "lora_b", "dropout"])
+def test_the_kept_plan_is_dropped_when_the_model_changes(change, monkeypatch):
+    """The plan is built once and checked every step: a change after a first answer is never served stale."""
+    model = lora_llm()
+    pack_projections(model)
+    ids = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(0))
+    gen = GenerationConfig(max_new_tokens=3)
+    ran = _spy(monkeypatch)
+    with torch.inference_mode():
+        generate(model, input_ids=ids, gen=gen)
+    assert ran == [True] * 3
+    with torch.no_grad():
+        if change == "merge":
+            merge_lora(model)
+        elif change == "replace":  # a new tensor for one weight: the pack no longer aliases it
+            w = model.layers[1].mlp.down_proj.base_layer.weight
+            w.data = w.data * 2
+        elif change == "lora_b":  # a new tensor for one adapter
+            b = model.layers[0].self_attn.v_proj.lora_B
+            b.data = b.data + 1
+        else:
+            model.train()
+    ran.clear()
+    with torch.inference_mode():
+        got = generate(model, input_ids=ids, gen=gen)
+    assert ran == [False] * 3
+    if change != "dropout":
+        monkeypatch.setattr(fused_decode, "run_layers", lambda *a, **k: None)
+        with torch.inference_mode():
+            assert got == generate(model, input_ids=ids, gen=gen)
+
+
+def test_re_packing_frees_the_old_stacks_at_once():
+    """The kept plan holds the packs; re-packing must not leave the old stacks alive until the next step."""
+    import weakref
+
+    model = lora_llm()
+    pack_projections(model)
+    ids = torch.randint(0, 96, (1, 5), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        generate(model, input_ids=ids, gen=GenerationConfig(max_new_tokens=2))
+    old = weakref.ref(model.layers[0].self_attn.packs["qkv"].w.t)
+    merge_lora(model)
+    pack_projections(model)
+    assert old() is None
+
+
 def test_prefills_past_the_limit_take_the_module_path(monkeypatch):
     model = lora_llm()
     pack_projections(model)
