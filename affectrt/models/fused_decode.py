@@ -21,6 +21,8 @@ tracing, export or compilation). Anything else takes the module path. On weights
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -63,9 +65,11 @@ def _lora(pack: PackedLinears) -> tuple[int, int, int, int, float] | None:
 class _Plan:
     """A model's fused step: each layer's four packs and their LoRA terms, with what keeps them valid.
 
-    Built once per model (``_build_plan``) and checked at every step by :meth:`valid`, which reads what
+    Built once per model (``_build_plan``) and checked by :meth:`valid`, which reads what
     :meth:`PackedLinears.usable` reads in one flat pass: every parameter still at the address it had (a
     replaced tensor, a re-pack or a dtype change moves it), no adapter merged or unmerged, no dropout training.
+    It is checked once per KV cache (``cache``: the last one checked, weakly): a cache's keys and values are
+    only meaningful for the weights that wrote them, so those cannot change while its steps run.
     """
 
     def __init__(self, model, packs: list[tuple[PackedLinears, ...]], loras: list[tuple]):
@@ -81,6 +85,7 @@ class _Plan:
         self.lora_mods = [m for group in packs for pack in group for m in pack.lora]
         self.merged = [m.merged for m in self.lora_mods]
         self.dropouts = [d for group in packs for pack in group for d in pack._dropouts]
+        self.cache: weakref.ref | None = None
 
     def valid(self) -> bool:
         return (
@@ -110,14 +115,20 @@ def _build_plan(model) -> _Plan | None:
     return _Plan(model, packs, loras)
 
 
-def _plan(model) -> _Plan | None:
-    """The model's plan, rebuilt when the one kept on it no longer holds (cached: the per-pack checks of
-    ``PackedLinears.usable`` cost ~75 us a step on the `small` preset, a tenth of the step's GEMM time)."""
+def _plan(model, cache: StaticKVCache | None = None) -> _Plan | None:
+    """The model's plan, rebuilt when the one kept on it no longer holds; checked once per ``cache``.
+
+    Kept because the per-pack checks of ``PackedLinears.usable`` took ~75 us a step on the `small` preset, and
+    checked once per cache because even the flat check (~175 addresses) took 30-40 us of a ~1 ms step.
+    """
     plan = model.__dict__.get(DERIVED_ATTR)
-    if plan is not None and plan.valid():
+    if plan is not None and cache is not None and plan.cache is not None and plan.cache() is cache:
         return plan
-    plan = _build_plan(model)
-    model.__dict__[DERIVED_ATTR] = plan  # pack_projections drops it when it re-packs
+    if plan is None or not plan.valid():
+        plan = _build_plan(model)
+        model.__dict__[DERIVED_ATTR] = plan  # pack_projections drops it when it re-packs
+    if plan is not None and cache is not None:
+        plan.cache = weakref.ref(cache)
     return plan
 
 
@@ -161,7 +172,7 @@ def run_layers(
         or type(x) is not Tensor
     ):
         return None
-    plan = _plan(model)
+    plan = _plan(model, cache)
     if plan is None:
         return None
     cfg = model.cfg
