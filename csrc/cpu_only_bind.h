@@ -74,10 +74,11 @@ inline void bind_cpu_only(pybind11::module_& m) {
       py::arg("w"), py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("N"),
       py::arg("S"), py::arg("T"), py::arg("C"), py::arg("K"), py::arg("stride"), py::arg("x_sn"), py::arg("x_ss"),
       py::arg("eps"));
-  // decode_glue.h. lora = (b, rank, a_col, b_rows, scale); b 0 = no LoRA term.
-  using Lora = std::tuple<uintptr_t, int64_t, int64_t, int, float>;
+  // decode_glue.h. lora = (b, rank, a_col, b_rows, scale, blocks, n_blocks); b 0 = no LoRA term.
+  using Lora = std::tuple<uintptr_t, int64_t, int64_t, int, float, uintptr_t, int64_t>;
   auto lora = [f32](const Lora& l) {
-    return DecLora{f32(std::get<0>(l)), std::get<1>(l), std::get<2>(l), std::get<3>(l), std::get<4>(l)};
+    return DecLora{f32(std::get<0>(l)), std::get<1>(l), std::get<2>(l), std::get<3>(l), std::get<4>(l),
+                   reinterpret_cast<const int64_t*>(std::get<5>(l)), std::get<6>(l)};
   };
   m.def(
       "dec_attn",

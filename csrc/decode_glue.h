@@ -23,11 +23,16 @@
 namespace affectrt {
 
 // The LoRA term added to y[:, :n] from y's own columns a = y[:, a_col : a_col + rank] (b == nullptr: none).
+// B is block-diagonal, one block per adapter: blocks[4i .. 4i+3] = (r0, r, col, cols), adapter i's rank rows
+// r0 .. r0+r feed only its output columns col .. col+cols. The zeros outside the blocks add exact zeros to the
+// sums (and y + 0·s = y), so they are skipped.
 struct DecLora {
   const float* b;  // [rank, n] (b_rows == 0) or [n, rank] (b_rows == 1)
   int64_t rank, a_col;
   int b_rows;
   float scale;
+  const int64_t* blocks;
+  int64_t n_blocks;
 };
 
 struct DecAttnArgs {

@@ -19,29 +19,33 @@ float* tls(size_t n) {
   return buf.data();
 }
 
-// y[0 .. n) += (Σ_r a[r] · B(r, ·)) · s for one row: t = a B summed over r in float32 first, then added times
-// the scale, as the packed modules compute z + (a @ B)·s.
+// y[0 .. n) += (Σ_r a[r] · B(r, ·)) · s for one row, block by block (decode_glue.h): t = a B summed over r in
+// float32 first, then added times the scale, as the packed modules compute z + (a @ B)·s.
 AFFECTRT_CLONES void lora_row(float* y, int64_t n, const DecLora& L, float* t) {
   if (L.b == nullptr) return;
   const float* a = y + L.a_col;
-  for (int64_t j = 0; j < n; ++j) t[j] = 0.0f;
-  if (L.b_rows) {
-    for (int64_t j = 0; j < n; ++j) {
-      float acc = 0.0f;
-      for (int64_t r = 0; r < L.rank; ++r) acc += a[r] * L.b[j * L.rank + r];
-      t[j] = acc;
-    }
-  } else {
-    for (int64_t r = 0; r < L.rank; ++r) {
-      const float ar = a[r];
-      const float* br = L.b + r * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) t[j] += ar * br[j];
-    }
-  }
   const float s = L.scale;
+  for (int64_t blk = 0; blk < L.n_blocks; ++blk) {
+    const int64_t* q = L.blocks + 4 * blk;
+    const int64_t r0 = q[0], r1 = q[0] + q[1], c0 = q[2], c1 = q[2] + q[3] < n ? q[2] + q[3] : n;
+    if (L.b_rows) {
+      for (int64_t j = c0; j < c1; ++j) {
+        float acc = 0.0f;
+        for (int64_t r = r0; r < r1; ++r) acc += a[r] * L.b[j * L.rank + r];
+        t[j] = acc;
+      }
+    } else {
+      for (int64_t j = c0; j < c1; ++j) t[j] = 0.0f;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float ar = a[r];
+        const float* br = L.b + r * n;
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) y[j] = y[j] + t[j] * s;
+        for (int64_t j = c0; j < c1; ++j) t[j] += ar * br[j];
+      }
+    }
+#pragma omp simd
+    for (int64_t j = c0; j < c1; ++j) y[j] = y[j] + t[j] * s;
+  }
 }
 
 // out = x·cos + rotate_half(x)·sin for one head of D (rotate_half(x) = [-x2, x1]); each product rounded, then

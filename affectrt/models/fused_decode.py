@@ -32,7 +32,7 @@ from affectrt.models.packed import DERIVED_ATTR, PackedLinears
 from affectrt.ops._ext import cpu_ext
 
 _GROUPS = (("self_attn", "qkv"), ("self_attn", "o"), ("mlp", "gate_up"), ("mlp", "down"))
-_NO_LORA = (0, 0, 0, 0, 0.0)
+_NO_LORA = (0, 0, 0, 0, 0.0, 0, 0)
 # Prefills of up to this many tokens per row run here too. Their attention is a plain loop over the keys per
 # query, which SDPA's blocked kernel overtakes on longer prompts: `small` preset, 2-core Xeon, a scratch A/B of
 # forward_hidden: 117 tokens 6.6 against 8.2 ms (batch 8: 38.1 against 39.8), 256 tokens 14.6 against 14.4,
@@ -46,20 +46,32 @@ def available() -> bool:
     return ext is not None and hasattr(ext, "dec_attn")
 
 
-def _lora(pack: PackedLinears) -> tuple[int, int, int, int, float] | None:
-    """(B stack pointer, rank, column of a in y, B in rows layout, scale) of a pack's LoRA term, _NO_LORA
-    without one, or None when the pack's form is not the one the kernels take."""
+def _lora(pack: PackedLinears) -> tuple[tuple, Tensor | None] | None:
+    """(B stack pointer, rank, column of a in y, B in rows layout, scale, blocks pointer, block count) of a
+    pack's LoRA term, _NO_LORA without one, or None when the pack's form is not the one the kernels take;
+    with the blocks tensor the pointer points into (int64 [n_blocks, 4]: each adapter's first rank row, rank,
+    first column and columns), which the caller keeps alive."""
     if pack.w.t.dtype != torch.float32 or pack.a is not None:
         return None
     if pack.b is None:
-        return _NO_LORA
+        return _NO_LORA, None
     if pack.split is None or not isinstance(pack.scale, float) or pack.b.t.dtype != torch.float32:
         return None
     b = pack.b.t
     if not b.is_contiguous():
         return None
     rank = b.shape[0] if pack.b.columns else b.shape[1]
-    return (b.data_ptr(), rank, pack.split, 0 if pack.b.columns else 1, pack.scale)
+    blocks = torch.tensor(pack.blocks, dtype=torch.int64).reshape(-1, 4)
+    term = (
+        b.data_ptr(),
+        rank,
+        pack.split,
+        0 if pack.b.columns else 1,
+        pack.scale,
+        blocks.data_ptr(),
+        len(blocks),
+    )
+    return term, blocks
 
 
 class _Plan:
@@ -72,8 +84,11 @@ class _Plan:
     only meaningful for the weights that wrote them, so those cannot change while its steps run.
     """
 
-    def __init__(self, model, packs: list[tuple[PackedLinears, ...]], loras: list[tuple]):
+    def __init__(
+        self, model, packs: list[tuple[PackedLinears, ...]], loras: list[tuple], blocks: list[Tensor]
+    ):
         self.packs, self.loras = packs, loras
+        self.blocks = blocks  # the LoRA terms' block tables, which they point into
         layers = list(model.layers)
         self.post_norms = [layer.post_attention_layernorm.weight for layer in layers]
         # the norm after each layer: the next layer's input norm, the final norm after the last
@@ -99,7 +114,7 @@ def _build_plan(model) -> _Plan | None:
     """Each layer's four packs and their LoRA terms, or None when any layer cannot take the fused step."""
     if model.norm.weight.dtype != torch.float32 or model.norm.weight.device.type != "cpu" or not available():
         return None
-    packs, loras = [], []
+    packs, loras, keep = [], [], []
     for layer in model.layers:
         for norm in (layer.input_layernorm, layer.post_attention_layernorm):
             if norm.weight.dtype != torch.float32 or not norm.weight.is_contiguous():
@@ -111,8 +126,9 @@ def _build_plan(model) -> _Plan | None:
         if any(t is None for t in terms):
             return None
         packs.append(group)
-        loras.append(terms)
-    return _Plan(model, packs, loras)
+        loras.append(tuple(term for term, _ in terms))
+        keep += [blocks for _, blocks in terms if blocks is not None]
+    return _Plan(model, packs, loras, keep)
 
 
 def _plan(model, cache: StaticKVCache | None = None) -> _Plan | None:
