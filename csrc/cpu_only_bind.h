@@ -1,4 +1,4 @@
-// pybind11 bindings of the CPU-only kernels (bias_act.h, feat_conv.h and decode_glue.h: float32;
+// pybind11 bindings of the CPU-only kernels (bias_act.h, clip_pixels.h, feat_conv.h and decode_glue.h: float32;
 // rows_linear.h: float32, float16, bfloat16), included by bindings_cpu.cpp. Each takes raw pointers, sizes
 // and strides from its affectrt.ops (or affectrt.models.fused_decode) module.
 #pragma once
@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "bias_act.h"
+#include "clip_pixels.h"
 #include "decode_glue.h"
 #include "feat_conv.h"
 #include "rows_linear.h"
@@ -34,6 +35,13 @@ void run_nogil(const char* (*launch)(const Args&), const Args& a) {
 inline void bind_cpu_only(pybind11::module_& m) {
   namespace py = pybind11;
   auto f32 = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
+  m.def(
+      "clip_pixels",
+      [f32](uintptr_t x, uintptr_t lut, uintptr_t out, int64_t n, int64_t p) {
+        const ClipPixelsArgs a{reinterpret_cast<const uint8_t*>(x), f32(lut), f32(out), n, p};
+        run_nogil(clip_pixels_cpu, a);
+      },
+      "out[n, c, p] = lut[c][x[n, p, c]]: uint8 channels-last frames through a [3, 256] table (clip_pixels.h)");
   m.def(
       "bias_act",
       [f32](uintptr_t y, uintptr_t bias, int64_t rows, int64_t cols, int64_t y_sr, int act) {
