@@ -142,3 +142,24 @@ def test_from_pretrained_dtype(hubert):
     enc = HubertEncoder.from_pretrained(hubert[0], dtype=torch.bfloat16)
     assert {p.dtype for p in enc.parameters()} == {torch.bfloat16}
     assert enc.pooled(torch.randn(1, 4000)).dtype == torch.bfloat16
+
+
+def test_channels_last_weight_is_kept_until_the_weight_changes():
+    """The reordered conv weight is reused at inference and rebuilt after any in-place change or new tensor."""
+    from affectrt.models.hubert import _channels_last_weight
+
+    conv = torch.nn.Conv1d(8, 16, 3, groups=2)
+    with torch.inference_mode():
+        first = _channels_last_weight(conv)
+        assert _channels_last_weight(conv) is first
+        assert torch.equal(first[:, :, 0], conv.weight)
+    for change in (lambda: conv.weight.mul_(2), lambda: setattr(conv.weight, "data", conv.weight.data + 1)):
+        with torch.no_grad():
+            change()
+        with torch.inference_mode():
+            again = _channels_last_weight(conv)
+        assert again is not first and torch.equal(again[:, :, 0], conv.weight)
+        first = again
+    with torch.enable_grad():  # with autograd: made afresh, so gradients reach the parameter
+        w = _channels_last_weight(conv)
+        assert w is not first and w.requires_grad
