@@ -413,10 +413,14 @@ def _fused_runner(kind: str):
                 )
             return _FusionHeadTriton.apply(z_video, z_audio, *w)
         weights = _folded_weights(w, folded_gate)
-        if out is None and native and z_video.device.type == "cpu" and _plain_eager(z_video, z_audio):
+        plain = native and z_video.device.type == "cpu"
+        if out is None and plain and _plain_eager(z_video, z_audio):
             # The op's own body without the torch.library dispatch (~45 µs a call, 4% of the B=1 head);
             # anything that traces still sees the one op.
             return _native_new(z_video, z_audio, weights)
+        if out is not None and plain and _plain_eager(z_video, z_audio, out, rows):
+            _native_launch(z_video, z_audio, _kernel_weights(weights), out, rows)  # the _into op's body
+            return out
         if out is None:
             return fwd(z_video, z_audio, weights)
         fwd_into(z_video, z_audio, weights, out, rows)

@@ -341,3 +341,21 @@ def test_cpu_backend_under_fake_tensors_goes_through_the_op():
         fw = FusionHeadWeights(*(mode.from_tensor(t) for t in w))
         out = fusion_head(fzv, fza, fw, folded_gate=fold_gate(fw), backend="cpu")
     assert type(out) is not torch.Tensor and out.shape == (2, 3, 7)
+
+
+@needs_cpu_kernel
+def test_cpu_into_form_runs_the_kernel_directly_in_plain_eager(monkeypatch):
+    # The production call (out= + rows=, the prompt's inputs_embeds) skips the torch.library dispatch in plain
+    # eager (the guard, _plain_eager, is the one test_cpu_backend_under_fake_tensors_goes_through_the_op
+    # checks) and writes exactly the rows the op writes; with the guard off it goes through the op.
+    from affectrt.ops import fusion_head as fh
+
+    zv, za, w = _make(2, 3, 4, 5, 6, 7)
+    rows = torch.tensor([[1, 3, 4], [0, 2, 5]])
+    want = torch.zeros(2, 6, 7)
+    fh._scatter_rows(fusion_head(zv, za, w, backend="cpu"), want, rows)
+    for plain in (True, False):
+        monkeypatch.setattr(fh, "_plain_eager", lambda *t, plain=plain: plain)
+        out = torch.zeros(2, 6, 7)
+        assert fusion_head(zv, za, w, backend="cpu", out=out, rows=rows) is out
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
