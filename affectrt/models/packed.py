@@ -165,12 +165,10 @@ class PackedLinears:
                     self.bias[col : col + n] = b.bias
                     views.append((b.bias, self.bias[col : col + n]))
             a_stack, a_row = (self.w, n_out) if self.split else (self.a, 0)
+            first_rows = _offsets([m.r for m, _ in adapters])
             # B is block-diagonal: adapter i's rank rows r0.. feed only its own output columns col..
-            self.blocks = [
-                (r0, m.r, col, m.out_features)
-                for (m, col), r0 in zip(adapters, _offsets([m.r for m, _ in adapters]))
-            ]
-            for (m, col), r0 in zip(adapters, _offsets([m.r for m, _ in adapters])):
+            self.blocks = [(r0, m.r, col, m.out_features) for (m, col), r0 in zip(adapters, first_rows)]
+            for (m, col), r0 in zip(adapters, first_rows):
                 views.append((m.lora_A, a_stack.put(m.lora_A, a_row + r0)))
                 views.append((m.lora_B, self.b.put(m.lora_B, col, r0)))
             for p, v in views:
