@@ -92,7 +92,7 @@ inline void bind_cpu_only(pybind11::module_& m) {
       "dec_attn",
       [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t cos, uintptr_t sin, uintptr_t kc, uintptr_t vc,
                   uintptr_t slots, int64_t Lq, int64_t attend_len, int64_t max_len, uintptr_t mask, int64_t mask_sb,
-                  int64_t mask_sl, uintptr_t out, int64_t M, int64_t H, int64_t Hkv, int64_t D) {
+                  int64_t mask_sl, uintptr_t out, int64_t M, int64_t H, int64_t Hkv, int64_t D, int attend) {
         const DecAttnArgs a{f32(y),
                             ldy,
                             lora(l),
@@ -111,10 +111,11 @@ inline void bind_cpu_only(pybind11::module_& m) {
                             M,
                             H,
                             Hkv,
-                            D};
+                            D,
+                            attend};
         run_nogil(dec_attn_cpu, a);
       },
-      "LoRA term, RoPE, k/v into the cache at each token's slot, attention over it (decode_glue.h)");
+      "LoRA term, RoPE, k/v into the cache at each token's slot, attention over it unless attend=0 (decode_glue.h)");
   m.def(
       "dec_add_norm",
       [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t x, uintptr_t norm_w, uintptr_t out, int64_t M,

@@ -3,6 +3,7 @@
 //
 //   n1 = RMSNorm(x)·w1 ; y = n1 W_qkv + b                                   (GEMM: torch, packed stacks)
 //   dec_attn:      y += s·(a B), RoPE(q, k), k/v into the cache at `slot`, attention over the cache -> o
+//                  (a prefill stops after the cache write and its attention is SDPA's, in Python)
 //   y = o W_o                                                               (GEMM)
 //   dec_add_norm:  y += s·(a B), x += y, n2 = RMSNorm(x)·w2
 //   y = n2 W_gu                                                             (GEMM)
@@ -49,6 +50,7 @@ struct DecAttnArgs {
   int64_t mask_sb, mask_sl;
   float* out;  // [M, H·D]
   int64_t M, H, Hkv, D;
+  int attend;  // 0: stop after the cache write (the caller runs the attention: a prefill's, with SDPA)
 };
 
 struct DecAddNormArgs {

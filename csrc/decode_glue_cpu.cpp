@@ -148,18 +148,21 @@ const char* dec_attn_cpu(const DecAttnArgs& a) {
       }
     }
     // 2: attention, one (token, key/value head) per task: its G query heads over the attended slots.
+    // (a.attend is the same for every thread, so all of them take or skip the loop together.)
+    if (a.attend) {
 #pragma omp for schedule(static)
-    for (int64_t task = 0; task < a.M * a.Hkv; ++task) {
-      const int64_t m = task / a.Hkv, g = task % a.Hkv, b = m / a.Lq;
-      const float* kc = a.k_cache + (b * a.Hkv + g) * a.max_len * a.D;
-      const float* vc = a.v_cache + (b * a.Hkv + g) * a.max_len * a.D;
-      const uint8_t* ok = a.mask + b * a.mask_sb + (m % a.Lq) * a.mask_sl;
-      float* s = tls(static_cast<size_t>(a.attend_len));
-      for (int64_t i = 0; i < G; ++i) {
-        const int64_t h = g * G + i;
-        const float* q = a.y + m * a.ldy + h * a.D;
-        for (int64_t j = 0; j < a.attend_len; ++j) s[j] = ok[j] ? dot(q, kc + j * a.D, a.D) * scale : -INFINITY;
-        softmax_v(s, a.attend_len, vc, a.D, a.out + m * a.H * a.D + h * a.D);
+      for (int64_t task = 0; task < a.M * a.Hkv; ++task) {
+        const int64_t m = task / a.Hkv, g = task % a.Hkv, b = m / a.Lq;
+        const float* kc = a.k_cache + (b * a.Hkv + g) * a.max_len * a.D;
+        const float* vc = a.v_cache + (b * a.Hkv + g) * a.max_len * a.D;
+        const uint8_t* ok = a.mask + b * a.mask_sb + (m % a.Lq) * a.mask_sl;
+        float* s = tls(static_cast<size_t>(a.attend_len));
+        for (int64_t i = 0; i < G; ++i) {
+          const int64_t h = g * G + i;
+          const float* q = a.y + m * a.ldy + h * a.D;
+          for (int64_t j = 0; j < a.attend_len; ++j) s[j] = ok[j] ? dot(q, kc + j * a.D, a.D) * scale : -INFINITY;
+          softmax_v(s, a.attend_len, vc, a.D, a.out + m * a.H * a.D + h * a.D);
+        }
       }
     }
   }

@@ -1,4 +1,4 @@
-"""Decode steps (and short prefills) with the work between the GEMMs in C++ (csrc/decode_glue*): float32, CPU.
+"""Decode steps and prefills with the work between the GEMMs in C++ (csrc/decode_glue*): float32, CPU.
 
 A step of a small LLM (the `small` preset's, whose weights the caches hold) is a few hundred tiny operators:
 per layer two RMSNorms, four packed GEMMs (:mod:`affectrt.models.packed`), the unmerged LoRA's B term after
@@ -6,14 +6,15 @@ each, RoPE, the cache write, attention, SiLU·up and two residual adds, ~40 disp
 four GEMMs (torch, on the packed stacks, as before) and three C++ calls for everything between them::
 
     y = n1 W_qkv + b   -> dec_attn      (LoRA term, RoPE, k/v into the cache, attention)  -> o
+                                        (a prefill's attention: SDPA on q and the cache, as the modules)
     y = o W_o          -> dec_add_norm  (LoRA term, x += y, n2 = RMSNorm(x))
     y = n2 W_gu        -> dec_silu_mul  (LoRA term, h = silu(gate)·up)
     y = h W_down       -> dec_add_norm  (LoRA term, x += y, n1 = the next layer's RMSNorm(x), or the final one)
 
 Each term is the modules' own formula in float32 (csrc/decode_glue.h), so logits agree to float32 rounding
 (``tests/models/test_fused_decode.py``: against the module path and transformers). It runs only where it
-applies exactly: a step over a static cache (one new token per row, or a prefill of up to :data:`MAX_PREFILL`
-tokens), float32 weights, cache and LoRA, the projections
+applies exactly: a step over a static cache (one new token per row, or a prefill), float32 weights, cache and
+LoRA, the projections
 packed with LoRA's A inside the stacked GEMM and one scale per stack, plain eager inference (no autograd,
 tracing, export or compilation). Anything else takes the module path. On weights that stream from memory (the
 `medium` preset, a real 7B) the GEMMs' reads dominate the step and this saves its few dispatches only.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from affectrt.models.activations import may_overwrite
@@ -33,11 +35,6 @@ from affectrt.ops._ext import cpu_ext
 
 _GROUPS = (("self_attn", "qkv"), ("self_attn", "o"), ("mlp", "gate_up"), ("mlp", "down"))
 _NO_LORA = (0, 0, 0, 0, 0.0, 0, 0)
-# Prefills of up to this many tokens per row run here too. Their attention is a plain loop over the keys per
-# query, which SDPA's blocked kernel overtakes on longer prompts: `small` preset, 2-core Xeon, a scratch A/B of
-# forward_hidden: 117 tokens 6.6 against 8.2 ms (batch 8: 38.1 against 39.8), 256 tokens 14.6 against 14.4,
-# 512 tokens 35.2 against 24.2.
-MAX_PREFILL = 128
 
 
 def available() -> bool:
@@ -165,12 +162,14 @@ def run_layers(
 
     x [B, L, d]: the new tokens' embeddings; cos, sin [B, L, head_dim]; mask [B, 1, L, K] bool (K =
     ``cache.attend_len``); pos [L]: the cache slots written (arguments as Qwen2ForCausalLM.forward_hidden).
-    L = 1 is a decode step; a prefill of up to :data:`MAX_PREFILL` tokens runs here too.
+    L = 1 is a decode step, whose attention the C++ kernel computes; a prefill's (L > 1) is SDPA's, called as
+    the module path calls it. Prefills of the `small` preset, forward_hidden, this path against the module path
+    (scratch A/B, 2-core Xeon): 117 tokens 6.3 against 10.7 ms, 256: 12.0 against 17.1, 512: 23.2 against 29.8.
+    With the kernel's own attention (a loop over the keys per query) they had been 6.6, 14.6 and 35.2 ms.
     """
     B, L, d = x.shape
     if (
-        L > MAX_PREFILL
-        or cache is None
+        cache is None
         or mask is None
         or pos.numel() != L
         or pos.dtype != torch.int64
@@ -217,8 +216,14 @@ def run_layers(
     for i, ((qkv, o, gate_up, down), lo, post_w, next_w) in enumerate(steps):
         kc, vc = k_ptr + i * layer_bytes, v_ptr + i * layer_bytes
         y = qkv.w(n1, qkv.bias)
-        ext.dec_attn(y.data_ptr(), y.stride(0), lo[0], cos.data_ptr(), sin.data_ptr(), kc, vc,
-                     pos.data_ptr(), L, keys, max_len, mask_ptr, mask_sb, mask_sl, attn.data_ptr(), M, H, Hkv, D)  # fmt: skip
+        ext.dec_attn(y.data_ptr(), y.stride(0), lo[0], cos.data_ptr(), sin.data_ptr(), kc, vc, pos.data_ptr(),
+                     L, keys, max_len, mask_ptr, mask_sb, mask_sl, attn.data_ptr(), M, H, Hkv, D, int(L == 1))  # fmt: skip
+        if L > 1:
+            # a prefill: q rotated in place in y, k and v in the cache; SDPA as the module path calls it
+            q = y[:, : H * D].view(B, L, H, D).transpose(1, 2)
+            k, v = cache.k[i, :, :, :keys], cache.v[i, :, :, :keys]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != Hkv)
+            attn.view(B, L, H, D).copy_(out.transpose(1, 2))
         y = o.w(attn, o.bias)
         ext.dec_add_norm(y.data_ptr(), y.stride(0), lo[1], x2.data_ptr(), post_w.data_ptr(), n2.data_ptr(), M, d, eps)  # fmt: skip
         y = gate_up.w(n2, gate_up.bias)

@@ -173,15 +173,6 @@ def test_re_packing_frees_the_old_stacks_at_once():
     assert old() is None
 
 
-def test_prefills_past_the_limit_take_the_module_path(monkeypatch):
-    model = lora_llm()
-    pack_projections(model)
-    monkeypatch.setattr(fused_decode, "MAX_PREFILL", 6)  # the prompt below has 7 tokens
-    ran = _spy(monkeypatch)
-    _decode(model, 2)
-    assert ran == [False] + [True] * STEPS
-
-
 def test_greedy_tokens_equal_transformers(monkeypatch):
     pytest.importorskip("transformers")
     from affectrt.models.qwen2 import qwen2_config_from_hf
