@@ -105,7 +105,7 @@ AI void gemm_micro(const float* const* w, const float* xt, int64_t ldx, int64_t 
   using vf_u = typename C::vf_u;
   vf acc[kNR][MV] = {};
   const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5];
-  for (int64_t k = 0; k < K; ++k) {
+  auto step = [&](int64_t k) __attribute__((always_inline)) {
     vf xv[MV];
     for (int i = 0; i < MV; ++i) xv[i] = vload<C>(xt + k * ldx + i * C::W);
     const float ws[kNR] = {w0[k], w1[k], w2[k], w3[k], w4[k], w5[k]};
@@ -113,7 +113,12 @@ AI void gemm_micro(const float* const* w, const float* xt, int64_t ldx, int64_t 
       const vf wj = ws[j] - vf{};  // a broadcast: x - (+0) == x folds away, x + 0 would not (-0)
       for (int i = 0; i < MV; ++i) acc[j][i] += xv[i] * wj;
     }
-  }
+  };
+  // Two k per iteration: the next X^T row's loads issue while this row's FMAs run (2-core Xeon, N = 3600,
+  // K = 1024, 64 columns, two threads: 400-406 against 374-380 GFLOP/s; by 1, 4 or 8: 360-378).
+  int64_t k = 0;
+  for (; k + 2 <= K; k += 2) step(k), step(k + 1);
+  if (k < K) step(k);
   for (int j = 0; j < kNR; ++j)
     for (int i = 0; i < MV; ++i) *reinterpret_cast<vf_u*>(c + j * ldc + i * C::W) = acc[j][i];
 }

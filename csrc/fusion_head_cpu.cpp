@@ -38,10 +38,42 @@ AFFECTRT_CLONES float dotf(const float* w, const float* x, int64_t K) {
   return a;
 }
 
-// xp += s·v, xm += v (one time step of attention and mean pooling).
-AFFECTRT_CLONES void pool_acc(float s, const float* v, float* xp, float* xm, int64_t K) {
+// scores[t] = w · z_t + bias for the T rows z_t = z + t·st, four rows per pass over w: four independent
+// sums (a single dot's sum is one chain of FMAs, bound by their latency).
+AFFECTRT_CLONES void pool_scores(const float* z, int64_t st, int64_t T, int64_t K, const float* w, float bias,
+                                 float* scores) {
+  int64_t t = 0;
+  for (; t + 4 <= T; t += 4) {
+    const float *z0 = z + t * st, *z1 = z0 + st, *z2 = z1 + st, *z3 = z2 + st;
+    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t k = 0; k < K; ++k) a0 += w[k] * z0[k], a1 += w[k] * z1[k], a2 += w[k] * z2[k], a3 += w[k] * z3[k];
+    scores[t] = a0 + bias, scores[t + 1] = a1 + bias, scores[t + 2] = a2 + bias, scores[t + 3] = a3 + bias;
+  }
+  for (; t < T; ++t) scores[t] = dotf(w, z + t * st, K) + bias;
+}
+
+// xp[d] = Σ_t s_t z_t[d], xm[d] = Σ_t z_t[d] / T, each sum in t order, 64 columns at a time held in
+// registers across the T rows (one pass per t wrote xp and xm T times).
+AFFECTRT_CLONES void pool_sums(const float* z, int64_t st, int64_t T, int64_t K, const float* s, float* xp,
+                               float* xm) {
+  constexpr int64_t kB = 64;
+  const float Tf = static_cast<float>(T);  // a division, as torch.mean
+  for (int64_t d0 = 0; d0 < K; d0 += kB) {
+    const int64_t n = std::min(kB, K - d0);
+    float p[kB] = {}, m[kB] = {};
+    if (n == kB) {
+      for (int64_t t = 0; t < T; ++t) {
+        const float *zt = z + t * st + d0, sv = s[t];
 #pragma omp simd
-  for (int64_t d = 0; d < K; ++d) xp[d] += s * v[d], xm[d] += v[d];
+        for (int64_t i = 0; i < kB; ++i) p[i] += sv * zt[i], m[i] += zt[i];
+      }
+    } else {
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < n; ++i) p[i] += s[t] * z[t * st + d0 + i], m[i] += z[t * st + d0 + i];
+    }
+    for (int64_t i = 0; i < n; ++i) xp[d0 + i] = p[i], xm[d0 + i] = m[i] / Tf;
+  }
 }
 
 // Attention-pooled xp[d] = Σ_t (z_t·w + b) z_t[d] and mean xm[d] = Σ_t z_t[d] / T of one batch row z_b.
@@ -49,26 +81,25 @@ AFFECTRT_CLONES void pool_acc(float s, const float* v, float* xp, float* xm, int
 template <typename Ty>
 void pool_one(const typename Ty::storage* z_b, int64_t st, int64_t sd, int64_t T, int64_t K,
               const typename Ty::storage* w, int64_t w_sd, float bias, float* scores, float* xp, float* xm) {
-  const bool fast = std::is_same<Ty, F32>::value && sd == 1 && w_sd == 1;
+  if (std::is_same<Ty, F32>::value && sd == 1 && w_sd == 1) {
+    const float *z = reinterpret_cast<const float*>(z_b), *wf = reinterpret_cast<const float*>(w);
+    pool_scores(z, st, T, K, wf, bias, scores);
+    pool_sums(z, st, T, K, scores, xp, xm);
+    return;
+  }
   for (int64_t t = 0; t < T; ++t)
-    scores[t] = (fast ? dotf(reinterpret_cast<const float*>(w), reinterpret_cast<const float*>(z_b + t * st), K)
-                      : attn_pool_score_partial<Ty>(z_b + t * st, sd, w, w_sd, K, 0, 1)) +
-                bias;
+    scores[t] = attn_pool_score_partial<Ty>(z_b + t * st, sd, w, w_sd, K, 0, 1) + bias;
   std::fill(xp, xp + K, 0.f);
   std::fill(xm, xm + K, 0.f);
   for (int64_t t = 0; t < T; ++t) {
     const auto* z_t = z_b + t * st;
-    if (fast) {
-      pool_acc(scores[t], reinterpret_cast<const float*>(z_t), xp, xm, K);
-    } else {
-      for (int64_t d = 0; d < K; ++d) {
-        const float v = Ty::load(z_t[d * sd]);
-        xp[d] += scores[t] * v;
-        xm[d] += v;
-      }
+    for (int64_t d = 0; d < K; ++d) {
+      const float v = Ty::load(z_t[d * sd]);
+      xp[d] += scores[t] * v;
+      xm[d] += v;
     }
   }
-  const float Tf = static_cast<float>(T);  // a division, as torch.mean
+  const float Tf = static_cast<float>(T);
   for (int64_t d = 0; d < K; ++d) xm[d] /= Tf;
 }
 
