@@ -2,8 +2,11 @@
 
 One left-padded batch is prefilled into a :class:`~affectrt.models.kv_cache.StaticKVCache` of
 ``L + max_new_tokens`` slots, then decoded one token per step. Each row stops on its own as soon as its
-generated ids END WITH one of ``stop_sequences`` (or it emits an ``eos_token_id``); a stopped row keeps
-being fed the pad token (its output is ignored) and the loop ends once every row has stopped.
+generated ids END WITH one of ``stop_sequences`` (or it emits an ``eos_token_id``) and the loop ends once
+every row has stopped. Greedy decoding with the model's own step drops stopped rows from the batch (and
+their cache rows) at the next check, so the steps after it compute only the rows still answering; otherwise
+(sampling, whose random stream follows the batch's rows as HF's does, or a given ``step``, e.g. a compiled
+one with fixed shapes) a stopped row keeps being fed the pad token and its output is ignored.
 
 Token choice per step follows ``transformers`` (``GenerationMixin._sample``): the last position's logits
 in float32 -> repetition penalty -> [sampling only] temperature -> top-k -> top-p -> argmax, or
@@ -235,6 +238,10 @@ def generate(
     row_pos = mask[:, :L].sum(-1, keepdim=True)
     decode_step = model if step is None else step
     check_every = _STOP_CHECK_EVERY.get(device.type, 8)
+    # Rows still in the batch (their original indices) and the answers of the rows already dropped.
+    compact = step is None and not gen.do_sample
+    rows = list(range(B))
+    answers: list[list[int] | None] = [None] * B
     for i in steps:
         scores = process_scores(logits, None if seen is None else seen[:, :V], gen)
         if gen.do_sample:
@@ -248,8 +255,23 @@ def generate(
         stop_now = ~finished & (torch.isin(nxt, eos_t) | _ends_with_stop(out, i + 1, stops))
         lengths = torch.where(stop_now, i + 1, lengths)
         finished |= stop_now
-        if i + 1 == gen.max_new_tokens or ((i + 1) % check_every == 0 and bool(finished.all())):
+        if i + 1 == gen.max_new_tokens:
             break
+        if (i + 1) % check_every == 0:
+            n_done = int(finished.sum())  # the step's one host sync
+            if n_done == len(rows):
+                break
+            if compact and n_done:
+                keep = (~finished).nonzero()[:, 0]
+                for j, (ids, n, done) in enumerate(zip(out.tolist(), lengths.tolist(), finished.tolist())):
+                    if done:
+                        answers[rows[j]] = ids[:n]
+                rows = [rows[j] for j in keep.tolist()]
+                out, lengths, finished, nxt = out[keep], lengths[keep], finished[keep], nxt[keep]
+                step_mask, row_pos = step_mask[keep], row_pos[keep]
+                if seen is not None:
+                    seen = seen[keep]
+                cache.keep_rows(keep)
         cache.length = L + i + 1  # the slots filled once this token is written: a host int, no sync
         logits = decode_step(
             input_ids=nxt[:, None],
@@ -263,5 +285,6 @@ def generate(
         row_pos += 1
     if progress and hasattr(steps, "close"):
         steps.close()
-    out_list, len_list = out.tolist(), lengths.tolist()
-    return [row[:n] for row, n in zip(out_list, len_list)]
+    for j, (ids, n) in enumerate(zip(out.tolist(), lengths.tolist())):
+        answers[rows[j]] = ids[:n]
+    return answers

@@ -5,10 +5,18 @@
 
 Both sides decode one left-padded batch of prompt embeddings (lengths spread like AffectGPT prompts) with the
 same LLM: affectrt's Qwen2 with unmerged fp32 LoRA, and transformers' Qwen2ForCausalLM with the same LoRA
-through peft (the release's model), greedy, no stop strings, exactly ``--new-tokens`` tokens. A token's cost is
+through peft (the release's model), greedy, no stop strings, exactly ``--new-tokens`` tokens (repetition penalty
+1.0 on both: transformers would otherwise take the model folder's 1.05, Qwen2.5-Instruct's, as the release does
+not). A token's cost is
 (time of prefill + N tokens − time of prefill + 1 token) / (N − 1), so the prompt is not counted; tokens/s
 counts every row. Interleaved repeats, medians. Prints ``target 5: batch-16 decode N.NNx``. ``--profile`` also
 prints where one decode step of each side spends its time (``torch.profiler``, the same difference of two runs).
+
+``--stop-spread`` then decodes answers of different lengths: eos ids taken from a free greedy run, so that the
+rows stop at steps spread over ``--new-tokens``, the same on both sides. It times the decode part of the
+batch's answers (the whole answer minus a prefill-only run) for affectrt, for affectrt keeping its stopped rows
+in the batch (fed pad, as transformers does; the loop takes that path when given a step function) and for
+transformers.
 """
 
 from __future__ import annotations
@@ -68,6 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="also print each side's operators per decode step by self time (decode_profile.txt in --out-dir)",
     )
+    ap.add_argument(
+        "--stop-spread",
+        action="store_true",
+        help="also decode answers that stop at different steps (see above): what dropping stopped rows saves",
+    )
     ap.add_argument("--out-dir", type=Path, default=Path("bench_results"), help="where decode.json goes")
     args = ap.parse_args(argv)
     quiet_third_party()
@@ -98,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     def theirs(n: int) -> None:
         out = hf.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-            num_beams=1, eos_token_id=None, pad_token_id=0,
+            num_beams=1, eos_token_id=None, pad_token_id=0, repetition_penalty=1.0,
         )  # fmt: skip
         assert out.shape[1] == n
 
@@ -138,6 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
     for k in sides:
         print(f"{k:<14}{ms[k]:>9.2f} ms/step{tps[k]:>10.1f} tokens/s")
     print(f"target 5: batch-{args.batch} decode {result['speedup']:.2f}x (goal >= 2x)")
+    if args.stop_spread:
+        result["stop_spread"] = stop_spread(
+            llm, hf, ours_embeds, embeds, mask, args.new_tokens, args.repeats, device
+        )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "decode.json").write_text(json.dumps(result, indent=2))
     if args.profile:
@@ -145,6 +162,87 @@ def main(argv: list[str] | None = None) -> dict:
         print(report)
         (args.out_dir / "decode_profile.txt").write_text(report + "\n")
     return result
+
+
+def spread_eos(free: list[list[int]], n: int) -> tuple[int, ...]:
+    """eos ids that end the free-running answers ``free`` at steps spread over 1..n: row r aims at n·(r+1)/B.
+    For each row in turn (unless the ids chosen so far end it by then), the id from its answer that ends it
+    closest to its aim without ending another row more than n/4 before that row's aim. A random model's greedy
+    answer soon repeats a few tokens, so such a row ends at the first of them or runs to n."""
+    B = len(free)
+    target = [max(1, n * (r + 1) // B) for r in range(B)]
+    chosen: set[int] = set()
+
+    def stop(row: list[int], ids: set[int]) -> int:
+        return next((i + 1 for i, t in enumerate(row) if t in ids), len(row))
+
+    for r in range(B):
+        if stop(free[r], chosen) <= target[r] + n // 8:
+            continue
+        best = None
+        for t in sorted(set(free[r])):
+            ids = chosen | {t}
+            if any(
+                stop(free[j], ids) < min(stop(free[j], chosen), target[j] - n // 4)
+                for j in range(B)
+                if j != r
+            ):
+                continue
+            miss = abs(stop(free[r], ids) - target[r])
+            if best is None or miss < best[0]:
+                best = (miss, t)
+        if best is not None:
+            chosen.add(best[1])
+    return tuple(sorted(chosen))
+
+
+def stop_spread(llm, hf, ours_embeds, embeds, mask, n: int, repeats: int, device: torch.device) -> dict:
+    """Answers of different lengths on both sides; see the module docstring. Prints and returns the times."""
+    free = generate(
+        llm, inputs_embeds=ours_embeds, attention_mask=mask, gen=GenerationConfig(max_new_tokens=n)
+    )
+    eos = spread_eos(free, n)
+    gen = {k: GenerationConfig(max_new_tokens=k, do_sample=False, eos_token_id=eos) for k in (1, n)}
+
+    def ours(k: int, keep_stopped: bool = False) -> list[list[int]]:
+        step = llm if keep_stopped else None  # given a step function, the loop keeps its stopped rows
+        return generate(llm, inputs_embeds=ours_embeds, attention_mask=mask, gen=gen[k], step=step)
+
+    @torch.inference_mode()
+    def theirs(k: int) -> list[list[int]]:
+        out = hf.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=k, do_sample=False, num_beams=1,
+            eos_token_id=list(eos), pad_token_id=0, repetition_penalty=1.0,
+        ).tolist()  # fmt: skip
+        return [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in out]
+
+    answers = ours(n)
+    same = {"transformers": answers == theirs(n), "stopped rows kept": answers == ours(n, keep_stopped=True)}
+    lengths = [len(r) for r in answers]
+    sides = {"affectrt": ours, "affectrt, stopped rows kept": lambda k: ours(k, True), "transformers": theirs}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            t = []
+            for k in (1, n):
+                sync(device)
+                t0 = time.perf_counter()
+                fn(k)
+                sync(device)
+                t.append(time.perf_counter() - t0)
+            times[name].append(t[1] - t[0])
+    ms = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    print(
+        f"answers of different lengths: rows stop after {min(lengths)}-{max(lengths)} tokens (mean "
+        f"{np.mean(lengths):.1f} of {n}; eos ids {list(eos)}); affectrt's answers equal to: {same}"
+    )
+    for k, v in ms.items():
+        print(f"{k:<28}{v:>9.2f} ms to decode the batch's answers")
+    print(
+        f"dropping stopped rows: {ms['affectrt, stopped rows kept'] / ms['affectrt']:.2f}x; against transformers "
+        f"{ms['transformers'] / ms['affectrt']:.2f}x"
+    )
+    return {"eos_ids": list(eos), "lengths": lengths, "answers_equal": same, "decode_ms": ms}
 
 
 def profile_step(name: str, fn, n: int, top: int = 15) -> str:

@@ -138,6 +138,48 @@ def test_checking_for_the_end_every_few_steps_changes_nothing(pair, batch, monke
     assert generate(ours, emb, mask, gen) == every_step
 
 
+def test_stopped_rows_leave_the_batch_with_the_same_answers(pair, batch, monkeypatch):
+    """Greedy decoding drops stopped rows (and their cache rows) from the batch: the answers equal those of
+    the loop that keeps feeding them pad (taken when a step function is given), rows stopping at different
+    steps and on checks every step or every few, and the steps after a drop run only the rows left."""
+    import affectrt.generate as generate_module
+    from affectrt.models.kv_cache import StaticKVCache
+
+    _, ours = pair
+    ids, emb, mask = batch
+    free = generate(ours, emb, mask, GenerationConfig(max_new_tokens=NEW))
+    eos = (free[1][2], free[2][6])  # rows 1 and 2 stop at different steps, row 0 may run on
+    kept, real = [], StaticKVCache.keep_rows
+
+    def spy(cache, rows):
+        kept.append(rows.tolist())
+        real(cache, rows)
+
+    monkeypatch.setattr(StaticKVCache, "keep_rows", spy)
+    for every in (1, 3):
+        monkeypatch.setitem(generate_module._STOP_CHECK_EVERY, "cpu", every)
+        for gen in (
+            GenerationConfig(max_new_tokens=NEW, eos_token_id=eos),
+            GenerationConfig(max_new_tokens=NEW, eos_token_id=eos, repetition_penalty=1.5),
+        ):
+            kept.clear()
+            rows_in_steps: list[int] = []
+
+            def step(rows_in_steps=rows_in_steps, **kw):
+                rows_in_steps.append(kw["input_ids"].shape[0])
+                return ours(**kw)
+
+            padded = generate(ours, emb, mask, gen, step=step)  # a step function: no rows dropped
+            assert kept == [] and set(rows_in_steps) == {3}
+            got = generate(ours, emb, mask, gen)
+            assert got == padded
+            assert generate(ours, attention_mask=mask, gen=gen, input_ids=ids) == generate(
+                ours, attention_mask=mask, gen=gen, input_ids=ids, step=ours
+            )
+            assert kept and all(len(k) < 3 for k in kept)  # rows did leave
+            assert min(len(r) for r in got) < max(len(r) for r in got)
+
+
 def test_decode_attends_only_over_the_filled_slots(pair, batch, monkeypatch):
     """With NaN in every slot not yet written, the answers are unchanged: attention never reads past the
     filled prefix (reading a masked NaN slot would still give NaN, since 0 · NaN = NaN)."""

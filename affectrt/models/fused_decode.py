@@ -155,6 +155,12 @@ def supported(model) -> bool:
     return _plan(model) is not None
 
 
+def _layers_contiguous(t: Tensor) -> bool:
+    """Whether each layer's block t[i] [B, kv_heads, max_len, head_dim] is contiguous (the layer stride may be
+    larger: a cache whose finished rows were dropped, :meth:`StaticKVCache.keep_rows`)."""
+    return t[0].is_contiguous() and t.stride(0) >= t[0].numel()
+
+
 def run_layers(
     model, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: StaticKVCache | None, pos: Tensor
 ) -> Tensor | None:
@@ -178,8 +184,8 @@ def run_layers(
         or cache.k.dtype != torch.float32
         or tuple(cache.k.shape)
         != (len(model.layers), B, model.cfg.num_kv_heads, cache.max_len, model.cfg.head_dim)
-        or not cache.k.is_contiguous()
-        or not cache.v.is_contiguous()
+        or not _layers_contiguous(cache.k)
+        or cache.v.stride() != cache.k.stride()
         or mask.dtype != torch.bool
         or tuple(mask.shape) != (B, 1, L, cache.attend_len)
         or mask.stride(-1) != 1

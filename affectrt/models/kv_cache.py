@@ -68,6 +68,20 @@ class StaticKVCache:
         n = self.attend_len
         return kc[:, :, :n], vc[:, :, :n]
 
+    def keep_rows(self, rows: Tensor) -> None:
+        """Keep only the batch rows ``rows`` (ascending int64 indices), in that order, as rows 0 .. n-1.
+
+        Moves the filled slots (the first ``attend_len``) of the kept rows to the front of the buffers, which
+        then become views of their first n rows: no allocation of a new cache, and the slots past the filled
+        prefix, which no step reads before writing them, are not moved. Each layer's [n, kv_heads, max_len,
+        head_dim] block stays contiguous (the layers keep their old stride).
+        """
+        n, filled = rows.numel(), self.attend_len
+        for name in ("k", "v"):
+            t = getattr(self, name)
+            t[:, :n, :, :filled] = t[:, rows, :, :filled]  # the right side is a copy: rows may overlap [0, n)
+            setattr(self, name, t[:, :n])
+
     def reset(self) -> None:
         self.k.zero_()
         self.v.zero_()

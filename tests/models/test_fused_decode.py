@@ -194,3 +194,41 @@ def test_greedy_tokens_equal_transformers(monkeypatch):
     ran = _spy(monkeypatch)
     assert generate(ours, emb, mask, GenerationConfig(max_new_tokens=12)) == want
     assert ran == [True] * 12  # the prefill and 11 decode steps
+
+
+def test_the_fused_step_runs_on_a_cache_whose_stopped_rows_were_dropped(monkeypatch):
+    """generate drops stopped rows (StaticKVCache.keep_rows leaves a view of the first rows): the steps after
+    it still take the fused path, and the answers equal transformers', which keeps the stopped rows."""
+    pytest.importorskip("transformers")
+    from affectrt.models.qwen2 import qwen2_config_from_hf
+    from affectrt.testing.hf_models import tiny_qwen2
+
+    hf = tiny_qwen2(256)
+    ours = Qwen2ForCausalLM(qwen2_config_from_hf(hf.config.to_dict())).eval()
+    ours.load_hf_state_dict(hf.state_dict())
+    pack_projections(ours)
+    ids = torch.randint(0, 256, (4, 9), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[3, :5] = 0
+    with torch.no_grad():
+        emb = ours.embed_tokens(ids)
+    free = generate(ours, emb, mask, GenerationConfig(max_new_tokens=12))
+    eos = [free[0][2], free[3][5]]
+    with torch.no_grad():
+        want = hf.generate(
+            inputs_embeds=emb, attention_mask=mask, pad_token_id=0, eos_token_id=eos, max_new_tokens=12,
+            do_sample=False,
+        ).tolist()  # fmt: skip
+    ran, sizes, real = _spy(monkeypatch), [], StaticKVCache.keep_rows
+
+    def keep_rows(cache, rows):
+        real(cache, rows)
+        sizes.append(cache.batch_size)
+        assert not cache.k.is_contiguous()  # a view of the first rows, as the fused path must take
+
+    monkeypatch.setattr(StaticKVCache, "keep_rows", keep_rows)
+    got = generate(ours, emb, mask, GenerationConfig(max_new_tokens=12, eos_token_id=tuple(eos)))
+    trimmed = [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in want]
+    assert got == trimmed
+    assert sizes and min(sizes) < 4 and all(ran)
