@@ -43,9 +43,16 @@ def info() -> dict:
     from affectrt import __version__
     from affectrt.build_info import build_info
     from affectrt.cpu_features import cpu_bf16_units, cpu_name
+    from affectrt.models.affectgpt import cpu_encoder_rows
     from affectrt.ops._backends import describe_all
 
-    devices = [f"cpu ({cpu_name()}; bf16 matrix units: {cpu_bf16_units() or 'none'})"]
+    try:
+        rows = str(cpu_encoder_rows())
+    except ValueError as e:
+        rows = f"invalid ({e})"
+    devices = [
+        f"cpu ({cpu_name()}; bf16 matrix units: {cpu_bf16_units() or 'none'}; encoder rows per call: {rows})"
+    ]
     if torch.cuda.is_available():
         devices += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
     optional = {}

@@ -1,8 +1,9 @@
-"""Two CPU-only parts against what they replace, interleaved in one process (the README's figures for them).
+"""CPU-only parts against what they replace, interleaved in one process (the README's figures for them).
 
-    python benchmarks/cpu_parts.py                  # both
+    python benchmarks/cpu_parts.py                  # all
     python benchmarks/cpu_parts.py --only front_end
     python benchmarks/cpu_parts.py --only rows_linear --dtype bfloat16 --rows 1
+    python benchmarks/cpu_parts.py --only encoder_rows
 
 - ``front_end``: HuBERT's conv front end (`small` preset, random weights) over the release's eight 2 s windows
   of a 3 s clip, shared across the overlapping windows (``HubertEncoder.conv_features``) against window by
@@ -12,6 +13,9 @@
   ``rows_linear`` against what packed.py used before (float32: MKL's ``x @ W`` on the [in, out] layout;
   ``--dtype bfloat16`` / ``float16``: torch's ``F.linear`` on nn.Linear's layout), and ``torch.sum`` over a
   float32 tensor of the same bytes (the rate memory is read at).
+- ``encoder_rows``: CLIP and HuBERT (`small` preset, random weights) over eight clips' frames and audio windows
+  (64 each) at 2, 4, 8, 16 and 32 rows per encoder call; prints the ms per clip of each and the
+  ``AFFECTRT_ENCODER_ROWS`` that was fastest on this CPU (``affectrt.models.affectgpt.cpu_encoder_rows``).
 """
 
 from __future__ import annotations
@@ -116,9 +120,57 @@ def decode_gemms(repeats: int, rows: int, dtype: torch.dtype) -> None:
     )
 
 
+def encoder_rows(repeats: int, candidates: tuple[int, ...] = (2, 4, 8, 16, 32)) -> int:
+    """ms per clip of each encoder at each rows-per-call count (see the module docstring); returns the best."""
+    import os
+
+    from affectrt.models.affectgpt import AffectGPT
+
+    torch.manual_seed(0)
+    model = AffectGPT(get_preset("small"), with_lora=False).eval()
+    clips, media = 8, get_preset("small").media
+    frames = torch.randn(clips, media.n_frames, 3, media.image_size, media.image_size)
+    windows = torch.randn(clips, media.n_audio_clips, int(media.sample_rate * media.clip_seconds))
+    before = os.environ.get("AFFECTRT_ENCODER_ROWS")
+
+    def at(rows: int, fn):
+        def run():
+            os.environ["AFFECTRT_ENCODER_ROWS"] = str(rows)
+            fn()
+
+        return run
+
+    try:
+        with torch.inference_mode():
+            fns = {}
+            for rows in candidates:
+                fns[("video", rows)] = at(rows, lambda: model.encode_video(frames))
+                fns[("audio", rows)] = at(rows, lambda: model.encode_audio(windows))
+            ms = interleaved(fns, repeats)
+    finally:
+        if before is None:
+            os.environ.pop("AFFECTRT_ENCODER_ROWS", None)
+        else:
+            os.environ["AFFECTRT_ENCODER_ROWS"] = before
+    total = {rows: (ms[("video", rows)] + ms[("audio", rows)]) / clips for rows in candidates}
+    for rows in candidates:
+        print(
+            f"encoder_rows {rows:>2}: CLIP {ms[('video', rows)] / clips:6.1f} ms per clip, HuBERT "
+            f"{ms[('audio', rows)] / clips:6.1f}, both {total[rows]:6.1f}"
+        )
+    best = min(total, key=total.get)
+    if best != 8 and total[8] <= 1.05 * total[best]:
+        print(f"encoder_rows: {best} rows per call fastest, the default 8 within 5 % of it: keep the default")
+        return 8
+    print(
+        f"encoder_rows: fastest here at {best} rows per call: export AFFECTRT_ENCODER_ROWS={best} (default 8)"
+    )
+    return best
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=("front_end", "rows_linear"), help="run one part")
+    ap.add_argument("--only", choices=("front_end", "rows_linear", "encoder_rows"), help="run one part")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--rows", type=int, default=16, help="rows_linear: rows per GEMM (the decode batch)")
     ap.add_argument(
@@ -135,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         front_end(args.repeats)
     if args.only in (None, "rows_linear"):
         decode_gemms(args.repeats, args.rows, getattr(torch, args.dtype))
+    if args.only in (None, "encoder_rows"):
+        encoder_rows(args.repeats)
 
 
 if __name__ == "__main__":

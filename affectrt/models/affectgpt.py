@@ -7,6 +7,8 @@ embeddings [B,K,D]; they replace the ``<…Here>`` rows of the prompt's ``inputs
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 
@@ -203,12 +205,28 @@ def _encode_unique(encode, x: Tensor) -> Tensor:
     return _encode_chunked(encode, uniq.view(-1, *x.shape[1:]))[inverse]
 
 
-# Rows per encoder call on the CPU: past a handful of frames/windows the activations leave the caches and
-# every row gets slower (measured on the `small` preset: 64 CLIP frames at once 1.6x slower than 8 at a time).
-CPU_ENCODER_ROWS = 8
+def cpu_encoder_rows() -> int:
+    """Frames or audio windows per encoder call on the CPU: ``AFFECTRT_ENCODER_ROWS``, else 8.
+
+    Past a handful of rows the activations leave the caches and every row gets slower; which count is best
+    depends on the CPU's caches. 8 measured best on the 2-core Xeon (AMX, 2 MB L2 per core; `small` preset,
+    8 clips: CLIP 48.6 ms per clip at 8 rows against 53.2 at 4 and 52.1 at 16, HuBERT 52.5 against 57.2 and
+    60.1). ``python benchmarks/cpu_parts.py --only encoder_rows`` measures it on another CPU and prints the
+    value to set. Read per call, so a process can be tuned without a restart; the count changes no feature
+    (each frame and window is encoded on its own) beyond the last bits a different GEMM shape may round.
+    """
+    raw = os.environ.get("AFFECTRT_ENCODER_ROWS", "").strip()
+    if not raw:
+        return 8
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(
+            f"AFFECTRT_ENCODER_ROWS must be a positive integer (rows per encoder call), got {raw!r}"
+        )
+    return int(raw)
 
 
 def _encode_chunked(encode, x: Tensor) -> Tensor:
-    if x.device.type != "cpu" or x.shape[0] <= CPU_ENCODER_ROWS:
+    rows = cpu_encoder_rows() if x.device.type == "cpu" else x.shape[0]
+    if x.shape[0] <= rows:
         return encode(x)
-    return torch.cat([encode(chunk) for chunk in x.split(CPU_ENCODER_ROWS)])
+    return torch.cat([encode(chunk) for chunk in x.split(rows)])
