@@ -260,6 +260,47 @@ def test_module_under_autocast_runs_in_the_autocast_dtype():
         ).abs().max() + 0.02 * scale
 
 
+def test_autocast_weights_are_kept_at_inference_and_follow_changes():
+    # Under autocast the head runs on its weights cast to the autocast dtype; at inference the cast is kept
+    # (it cost 4x the head itself at B = 1) and must give exactly what a fresh cast gives, follow an in-place
+    # update and a replaced weight, and stay out of autograd.
+    head, cfg = _released_head()
+    zv, za = torch.randn(2, 8, cfg.video_dim), torch.randn(2, 8, cfg.audio_dim)
+
+    def fresh():  # what casting every call gives
+        weights = [t.to(torch.bfloat16) for t in head.fused_weights()]
+        gate = tuple(t.to(torch.bfloat16) for t in head._cached_gate())
+        return fusion_head(zv.bfloat16(), za.bfloat16(), weights, folded_gate=gate, backend="cpu")
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = head.forward_fused(zv, za)
+        kept = head._cast_cache[2]
+        assert torch.equal(head.forward_fused(zv, za), first) and head._cast_cache[2] is kept
+        assert kept.video_proj_w.dtype == torch.bfloat16
+        head.affectgpt_proj.weight.mul_(2)  # in place: the version moves
+        changed = head.forward_fused(zv, za)
+        assert head._cast_cache[2] is not kept
+        assert torch.equal(changed, fresh())
+        head.fc_att.weight.add_(0.5)  # the folded gate is refolded, the cast follows it
+        assert torch.equal(head.forward_fused(zv, za), fresh())
+        head.audio_llama_proj.weight = torch.nn.Parameter(head.audio_llama_proj.weight * 3)  # replaced
+        assert torch.equal(head.forward_fused(zv, za), fresh())
+        gate = tuple(t * 0.5 for t in head._cached_gate())  # a gate passed in: its cast, not the kept one
+        weights = [t.to(torch.bfloat16) for t in head.fused_weights()]
+        want = fusion_head(
+            zv.bfloat16(),
+            za.bfloat16(),
+            weights,
+            folded_gate=tuple(t.bfloat16() for t in gate),
+            backend="cpu",
+        )
+        assert torch.equal(head.forward_fused(zv, za, gate=gate), want)
+    assert not torch.equal(changed, first)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training: casts in the graph, gradients flow
+        head.forward_fused(zv, za).float().sum().backward()
+    assert head.affectgpt_proj.weight.grad is not None
+
+
 def test_ops_module_matches_reference():
     from affectrt.ops.fusion_head import FusedFusionHead
 
