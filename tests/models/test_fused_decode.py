@@ -173,7 +173,9 @@ def test_re_packing_frees_the_old_stacks_at_once():
     assert old() is None
 
 
-def test_greedy_tokens_equal_transformers(monkeypatch):
+def _hf_pair_and_batch(rows: int, seed: int, pads: dict[int, int]):
+    """transformers' tiny Qwen2, ours with its weights (packed), and a left-padded batch of its embeddings:
+    (hf, ours, emb [rows, 9, d], mask [rows, 9]) with pads[r] padding slots in row r."""
     pytest.importorskip("transformers")
     from affectrt.models.qwen2 import qwen2_config_from_hf
     from affectrt.testing.hf_models import tiny_qwen2
@@ -182,11 +184,18 @@ def test_greedy_tokens_equal_transformers(monkeypatch):
     ours = Qwen2ForCausalLM(qwen2_config_from_hf(hf.config.to_dict())).eval()
     ours.load_hf_state_dict(hf.state_dict())
     pack_projections(ours)
-    ids = torch.randint(0, 256, (3, 9), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones(3, 9, dtype=torch.long)
-    mask[1, :3] = 0
+    ids = torch.randint(0, 256, (rows, 9), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(rows, 9, dtype=torch.long)
+    for r, n in pads.items():
+        mask[r, :n] = 0
     with torch.no_grad():
         emb = ours.embed_tokens(ids)
+    return hf, ours, emb, mask
+
+
+def test_greedy_tokens_equal_transformers(monkeypatch):
+    hf, ours, emb, mask = _hf_pair_and_batch(3, 1, {1: 3})
+    with torch.no_grad():
         want = hf.generate(
             inputs_embeds=emb, attention_mask=mask, pad_token_id=0, eos_token_id=None, max_new_tokens=12,
             do_sample=False,
@@ -199,20 +208,7 @@ def test_greedy_tokens_equal_transformers(monkeypatch):
 def test_the_fused_step_runs_on_a_cache_whose_stopped_rows_were_dropped(monkeypatch):
     """generate drops stopped rows (StaticKVCache.keep_rows leaves a view of the first rows): the steps after
     it still take the fused path, and the answers equal transformers', which keeps the stopped rows."""
-    pytest.importorskip("transformers")
-    from affectrt.models.qwen2 import qwen2_config_from_hf
-    from affectrt.testing.hf_models import tiny_qwen2
-
-    hf = tiny_qwen2(256)
-    ours = Qwen2ForCausalLM(qwen2_config_from_hf(hf.config.to_dict())).eval()
-    ours.load_hf_state_dict(hf.state_dict())
-    pack_projections(ours)
-    ids = torch.randint(0, 256, (4, 9), generator=torch.Generator().manual_seed(2))
-    mask = torch.ones(4, 9, dtype=torch.long)
-    mask[1, :3] = 0
-    mask[3, :5] = 0
-    with torch.no_grad():
-        emb = ours.embed_tokens(ids)
+    hf, ours, emb, mask = _hf_pair_and_batch(4, 2, {1: 3, 3: 5})
     free = generate(ours, emb, mask, GenerationConfig(max_new_tokens=12))
     eos = [free[0][2], free[3][5]]
     with torch.no_grad():
