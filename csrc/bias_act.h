@@ -1,4 +1,4 @@
-// y = act(y + bias), in place, over the rows of a float32 matrix: the epilogue of a bias-free GEMM.
+// y = act(y + bias), in place, over the rows of a matrix: the epilogue of a bias-free GEMM.
 //
 // An encoder MLP's first linear writes its largest activation ([N·T, 4d]); as addmm + activation that is
 // a bias broadcast, the GEMM and two or three elementwise passes over memory (quick GELU: 1.702x, σ, ·x),
@@ -13,10 +13,12 @@
 namespace affectrt {
 
 struct BiasActArgs {
-  float* y;            // [rows, cols], row stride y_sr, unit column stride
-  const float* bias;   // [cols] or nullptr
+  void* y;             // [rows, cols] of dtype (float32, or bfloat16 / float16: a GEMM's output under
+                       //   autocast), row stride y_sr, unit column stride
+  const float* bias;   // [cols] float32, or nullptr
   int64_t rows, cols, y_sr;
   int act;             // Activation code (vec_math.h)
+  int dtype;           // common.h DType of y; 16-bit rows are computed in float32 and rounded once
 };
 
 const char* bias_act_cpu(const BiasActArgs& a);

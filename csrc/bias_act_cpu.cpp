@@ -2,6 +2,7 @@
 #include "bias_act.h"
 
 #include "common.h"
+#include "cpu_convert.h"
 
 namespace affectrt {
 namespace {
@@ -27,16 +28,24 @@ AFFECTRT_CLONES void row(float* __restrict y, int64_t n) {
 
 template <int Act>
 void run(const BiasActArgs& a) {
+  const int64_t bytes = dtype_bytes(a.dtype);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < a.rows; ++r) {
-    if (a.bias) row_with_bias<Act>(a.y + r * a.y_sr, a.bias, a.cols);
-    else row<Act>(a.y + r * a.y_sr, a.cols);
+    void* row_r = static_cast<char*>(a.y) + r * a.y_sr * bytes;
+    // 16-bit rows: widened into a per-thread float row, computed, rounded back once
+    float* y = a.dtype == kFloat32 ? static_cast<float*>(row_r) : row_buffer(a.cols);
+    if (a.dtype != kFloat32) row_to_f32(row_r, a.dtype, y, a.cols);
+    if (a.bias) row_with_bias<Act>(y, a.bias, a.cols);
+    else row<Act>(y, a.cols);
+    if (a.dtype != kFloat32) row_from_f32(y, a.dtype, row_r, a.cols);
   }
 }
 
 }  // namespace
 
 const char* bias_act_cpu(const BiasActArgs& a) {
+  if (a.dtype != kFloat32 && a.dtype != kBFloat16 && a.dtype != kFloat16)
+    return "bias_act_cpu: unsupported dtype code (expected 0=float32, 1=float16, 2=bfloat16)";
   switch (a.act) {
     case kIdentity: run<kIdentity>(a); return nullptr;
     case kGelu: run<kGelu>(a); return nullptr;

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "common.h"
 
@@ -121,6 +122,14 @@ inline void row_from_f32(const float* src, int dtype, void* dst, int64_t n) {
 }
 
 inline int64_t dtype_bytes(int dtype) { return dtype == kFloat32 ? 4 : 2; }
+
+// A per-thread float row of at least n elements, kept across calls: where a 16-bit row is widened, computed in
+// float32 and rounded back.
+inline float* row_buffer(int64_t n) {
+  static thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
 
 // ------------------------------------------------------------------ dot products on 16-bit rows
 

@@ -44,12 +44,14 @@ inline void bind_cpu_only(pybind11::module_& m) {
       "out[n, c, p] = lut[c][x[n, p, c]]: uint8 channels-last frames through a [3, 256] table (clip_pixels.h)");
   m.def(
       "bias_act",
-      [f32](uintptr_t y, uintptr_t bias, int64_t rows, int64_t cols, int64_t y_sr, int act) {
-        const BiasActArgs a{f32(y), f32(bias), rows, cols, y_sr, act};
+      [f32](uintptr_t y, uintptr_t bias, int64_t rows, int64_t cols, int64_t y_sr, int act, int dtype) {
+        const BiasActArgs a{reinterpret_cast<void*>(y), f32(bias), rows, cols, y_sr, act, dtype};
         run_nogil(bias_act_cpu, a);
       },
-      "y[r, :] = act(y[r, :] + bias) in place (float32; bias 0 = none)", py::arg("y"), py::arg("bias"),
-      py::arg("rows"), py::arg("cols"), py::arg("y_sr"), py::arg("act"));
+      "y[r, :] = act(y[r, :] + bias) in place (y float32, bfloat16 or float16, computed in float32; bias "
+      "float32, 0 = none)",
+      py::arg("y"), py::arg("bias"), py::arg("rows"), py::arg("cols"), py::arg("y_sr"), py::arg("act"),
+      py::arg("dtype") = 0);
   m.def(
       "rows_linear",
       [](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, int64_t M, int64_t N, int64_t K, int64_t ldx,
@@ -64,24 +66,30 @@ inline void bind_cpu_only(pybind11::module_& m) {
       py::arg("ldx"), py::arg("ldw"), py::arg("ldy"), py::arg("dtype"));
   m.def(
       "ln_gelu",
-      [f32](uintptr_t y, uintptr_t gamma, uintptr_t beta, int64_t rows, int64_t C, int64_t y_sr, float eps) {
-        const LnGeluArgs a{f32(y), f32(gamma), f32(beta), rows, C, y_sr, eps};
+      [f32](uintptr_t y, uintptr_t gamma, uintptr_t beta, int64_t rows, int64_t C, int64_t y_sr, float eps,
+            int dtype) {
+        const LnGeluArgs a{reinterpret_cast<void*>(y), f32(gamma), f32(beta), rows, C, y_sr, eps, dtype};
         run_nogil(ln_gelu_cpu, a);
       },
-      "y[r, :] = GELU(LayerNorm(y[r, :])) in place (float32)", py::arg("y"), py::arg("gamma"), py::arg("beta"),
-      py::arg("rows"), py::arg("C"), py::arg("y_sr"), py::arg("eps"));
+      "y[r, :] = GELU(LayerNorm(y[r, :])) in place (y float32, bfloat16 or float16, computed in float32; "
+      "gamma, beta float32)",
+      py::arg("y"), py::arg("gamma"), py::arg("beta"), py::arg("rows"), py::arg("C"), py::arg("y_sr"),
+      py::arg("eps"), py::arg("dtype") = 0);
   m.def(
       "conv0_ln_gelu",
       [f32](uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t gamma, uintptr_t beta, uintptr_t out, int64_t N,
-            int64_t S, int64_t T, int64_t C, int64_t K, int64_t stride, int64_t x_sn, int64_t x_ss, float eps) {
-        const Conv0Args a{f32(x), f32(w), f32(bias), f32(gamma), f32(beta), f32(out), N, S, T, C, K, stride,
-                          x_sn, x_ss, eps};
+            int64_t S, int64_t T, int64_t C, int64_t K, int64_t stride, int64_t x_sn, int64_t x_ss, float eps,
+            int out_dtype) {
+        const Conv0Args a{f32(x),  f32(w), f32(bias), f32(gamma), f32(beta), reinterpret_cast<void*>(out),
+                          N,       S,      T,         C,          K,          stride,
+                          x_sn,    x_ss,   eps,       out_dtype};
         run_nogil(conv0_ln_gelu_cpu, a);
       },
-      "out[n, t, :] = GELU(LayerNorm(conv1d(x[n], w, stride)[t])) (float32, one input channel)", py::arg("x"),
-      py::arg("w"), py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("N"),
+      "out[n, t, :] = GELU(LayerNorm(conv1d(x[n], w, stride)[t])) (float32 in, one input channel; out float32, "
+      "or bfloat16 / float16 rounded once)",
+      py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("N"),
       py::arg("S"), py::arg("T"), py::arg("C"), py::arg("K"), py::arg("stride"), py::arg("x_sn"), py::arg("x_ss"),
-      py::arg("eps"));
+      py::arg("eps"), py::arg("out_dtype") = 0);
   // decode_glue.h. lora = (b, rank, a_col, b_rows, scale, blocks, n_blocks); b 0 = no LoRA term.
   using Lora = std::tuple<uintptr_t, int64_t, int64_t, int, float, uintptr_t, int64_t>;
   auto lora = [f32](const Lora& l) {

@@ -17,10 +17,12 @@
 namespace affectrt {
 
 struct LnGeluArgs {
-  float* y;                    // [rows, C], row stride y_sr, unit channel stride
-  const float *gamma, *beta;   // [C]
+  void* y;                     // [rows, C] of dtype, row stride y_sr, unit channel stride
+  const float *gamma, *beta;   // [C] float32
   int64_t rows, C, y_sr;
   float eps;
+  int dtype;                   // common.h DType of y: float32, or bfloat16 / float16 (a conv's output under
+                               //   autocast), computed in float32 and rounded once
 };
 
 struct Conv0Args {
@@ -28,9 +30,10 @@ struct Conv0Args {
   const float* w;              // [C, K] (Conv1d weight [C, 1, K], contiguous)
   const float* bias;           // [C] or nullptr
   const float *gamma, *beta;   // [C]
-  float* out;                  // [N, T, C] contiguous, T = (S - K) / stride + 1
+  void* out;                   // [N, T, C] of out_dtype, contiguous, T = (S - K) / stride + 1
   int64_t N, S, T, C, K, stride, x_sn, x_ss;
   float eps;
+  int out_dtype;               // float32, or a 16-bit autocast dtype (each row computed in float32, rounded once)
 };
 
 const char* ln_gelu_cpu(const LnGeluArgs& a);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_convert.h"
 #include "feat_conv.h"
 
 namespace affectrt {
@@ -40,27 +41,41 @@ AFFECTRT_CLONES void conv0_row(float* __restrict out, const float* __restrict wt
 
 }  // namespace
 
+inline bool known_dtype(int d) { return d == kFloat32 || d == kBFloat16 || d == kFloat16; }
+
 const char* ln_gelu_cpu(const LnGeluArgs& a) {
   if (a.C <= 0) return "ln_gelu_cpu: C must be positive";
+  if (!known_dtype(a.dtype)) return "ln_gelu_cpu: unsupported dtype code (expected 0=float32, 1=float16, 2=bfloat16)";
+  const int64_t bytes = dtype_bytes(a.dtype);
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < a.rows; ++r) ln_gelu_row(a.y + r * a.y_sr, a.gamma, a.beta, a.C, a.eps);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    void* row = static_cast<char*>(a.y) + r * a.y_sr * bytes;
+    float* y = a.dtype == kFloat32 ? static_cast<float*>(row) : row_buffer(a.C);
+    if (a.dtype != kFloat32) row_to_f32(row, a.dtype, y, a.C);
+    ln_gelu_row(y, a.gamma, a.beta, a.C, a.eps);
+    if (a.dtype != kFloat32) row_from_f32(y, a.dtype, row, a.C);
+  }
   return nullptr;
 }
 
 const char* conv0_ln_gelu_cpu(const Conv0Args& a) {
   if (a.C <= 0 || a.K <= 0 || a.stride <= 0) return "conv0_ln_gelu_cpu: C, K and stride must be positive";
   if (a.T != (a.S - a.K) / a.stride + 1) return "conv0_ln_gelu_cpu: T does not match (S - K) / stride + 1";
+  if (!known_dtype(a.out_dtype))
+    return "conv0_ln_gelu_cpu: unsupported out dtype code (expected 0=float32, 1=float16, 2=bfloat16)";
   // The weight as [K, C] so that the inner loop runs over contiguous channels.
   std::vector<float> wt(static_cast<size_t>(a.K * a.C));
   for (int64_t c = 0; c < a.C; ++c)
     for (int64_t k = 0; k < a.K; ++k) wt[k * a.C + c] = a.w[c * a.K + k];
-  const int64_t rows = a.N * a.T;
+  const int64_t rows = a.N * a.T, bytes = dtype_bytes(a.out_dtype);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / a.T, t = r % a.T;
-    float* out = a.out + r * a.C;
+    void* dst = static_cast<char*>(a.out) + r * a.C * bytes;
+    float* out = a.out_dtype == kFloat32 ? static_cast<float*>(dst) : row_buffer(a.C);
     conv0_row(out, wt.data(), a.bias, a.x + n * a.x_sn + t * a.stride * a.x_ss, a.x_ss, a.C, a.K);
     ln_gelu_row(out, a.gamma, a.beta, a.C, a.eps);
+    if (a.out_dtype != kFloat32) row_from_f32(out, a.out_dtype, dst, a.C);
   }
   return nullptr;
 }

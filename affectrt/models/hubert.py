@@ -154,14 +154,17 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         conv, norm = self.conv, self.norm
-        # At CPU float32 inference: the first layer whole in one C++ pass, the others' LayerNorm + GELU in one
-        # (affectrt.ops.feat_conv); else torch's ops, GELU in place at inference.
-        fused = may_overwrite() and feat_conv.cpu_kernel_fits(x) and conv.weight.dtype == x.dtype
-        if fused and conv.in_channels == 1:
-            args = (conv.weight, conv.bias, norm.weight, norm.bias, conv.stride[0], norm.eps)
-            return feat_conv.conv0_ln_gelu(x[:, :, 0], *args, backend="cpu")
+        # At CPU inference (float32, or under bf16/fp16 autocast): the first layer whole in one C++ pass, the
+        # others' LayerNorm + GELU in one (affectrt.ops.feat_conv), in float32 and rounded once to the autocast
+        # dtype; else torch's ops, GELU in place at inference.
+        if conv.in_channels == 1 and may_overwrite() and feat_conv.cpu_kernel_fits(x, norm.weight):
+            if conv.weight.dtype == x.dtype == torch.float32:
+                autocast = torch.is_autocast_enabled("cpu")
+                out_dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
+                args = (conv.weight, conv.bias, norm.weight, norm.bias, conv.stride[0], norm.eps)
+                return feat_conv.conv0_ln_gelu(x[:, :, 0], *args, backend="cpu", out_dtype=out_dtype)
         y = _conv1d_channels_last(conv, x)
-        if fused:
+        if may_overwrite() and feat_conv.cpu_kernel_fits(y, norm.weight):
             return feat_conv.ln_gelu_(y, norm.weight, norm.bias, norm.eps, backend="cpu")
         return gelu(norm(y))
 

@@ -12,8 +12,13 @@ within 7.4; tests/ops/test_epilogues.py). On a 2-core Xeon CLIP's fc1 + quick GE
 ([2056, 256] -> 1024, 8 frames) took 3.6-3.8 against 4.5-4.8 ms; erf-GELU (HuBERT) is compute-bound in both
 and gains only the bias broadcast.
 
-Backends (DESIGN §3), in "auto" order: ``cpu`` (``affectrt._C.bias_act``: float32 CPU tensors, forward only)
-and ``eager`` (:func:`bias_act_ref`, differentiable). There is no CUDA or Triton layer on purpose: on a GPU
+Under CPU autocast the GEMM's output is bfloat16 (or float16) while the bias stays a float32 parameter: y of
+that dtype with a float32 bias is computed in float32 and rounded once (y + bias promotes, as the reference
+does). torch's path there, ``act(linear(x))``, took a bfloat16 addmm and up to three bfloat16 passes.
+
+Backends (DESIGN §3), in "auto" order: ``cpu`` (``affectrt._C.bias_act``: CPU tensors, y float32, bfloat16 or
+float16 with a bias of y's dtype or float32 (float32 for a 16-bit y), forward only) and ``eager``
+(:func:`bias_act_ref`, differentiable). There is no CUDA or Triton layer on purpose: on a GPU
 the release runs these layers under fp16 autocast, where cuBLAS and the export path (TensorRT) fuse the
 epilogue themselves; this op exists for CPU inference. Models reach it through
 :func:`affectrt.models.activations.linear_act`, which uses it only where nothing can observe the in-place
@@ -28,7 +33,7 @@ from torch import Tensor
 
 from affectrt.ops import _backends
 from affectrt.ops._cpu_only import matrix_rows, register_cpu_and_eager
-from affectrt.ops._ext import cpu_ext
+from affectrt.ops._ext import DTYPE_CODES, cpu_ext
 
 OP = "bias_act"
 
@@ -68,10 +73,11 @@ def _check_inputs(y: Tensor, bias: Tensor | None, act: str) -> None:
             raise ValueError(
                 f"bias_act: bias must be [{y.shape[-1]}] (y's last dimension), got shape {tuple(bias.shape)}"
             )
-        if bias.device != y.device or bias.dtype != y.dtype:
+        widened = bias.dtype == torch.float32 and y.dtype in (torch.bfloat16, torch.float16)
+        if bias.device != y.device or (bias.dtype != y.dtype and not widened):
             raise ValueError(
-                f"bias_act: bias is {bias.dtype} on {bias.device} but y is {y.dtype} on {y.device}; "
-                "convert one of them"
+                f"bias_act: bias is {bias.dtype} on {bias.device} but y is {y.dtype} on {y.device}; give a bias "
+                "of y's dtype (or float32 for a bfloat16 / float16 y) on y's device"
             )
 
 
@@ -82,6 +88,8 @@ def _cpu_limits(inputs: _backends.Inputs) -> list[str]:
         reasons.append("y is neither contiguous nor a matrix with unit column stride (make it contiguous)")
     if bias is not None and not bias.is_contiguous():
         reasons.append("bias is not contiguous")
+    if bias is not None and bias.dtype != torch.float32:
+        reasons.append(f"bias is {bias.dtype} (the kernel reads a float32 bias)")
     return reasons
 
 
@@ -89,7 +97,7 @@ def _run_cpu(y: Tensor, act: str, bias: Tensor | None = None) -> Tensor:
     rows, stride = matrix_rows(y)
     if rows:
         b = 0 if bias is None else bias.data_ptr()
-        cpu_ext().bias_act(y.data_ptr(), b, rows, y.shape[-1], stride, ACTIVATIONS[act])
+        cpu_ext().bias_act(y.data_ptr(), b, rows, y.shape[-1], stride, ACTIVATIONS[act], DTYPE_CODES[y.dtype])
     return y
 
 
@@ -105,6 +113,7 @@ register_cpu_and_eager(
     _run_eager,
     "affectrt._C (csrc/bias_act_cpu.cpp): one vectorised pass per row, OpenMP over rows",
     "bias_act_ref: torch's add and activation ops",
+    cpu_dtypes=(torch.float32, torch.bfloat16, torch.float16),
 )
 
 
@@ -118,12 +127,11 @@ def bias_act_(y: Tensor, bias: Tensor | None, act: str, backend: str = "auto") -
 
 
 def cpu_kernel_fits(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``act(x @ weight^T + b)`` would run its epilogue in the C++ kernel: float32 on the CPU, outside
-    autocast (which would make the GEMM's output another dtype), with the extension built."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and _backends.cpu_ext_available("bias_act")() is None
-    )
+    """Whether ``act(x @ weight^T + b)`` (b: a float32 parameter) would run its epilogue in the C++ kernel: on
+    the CPU with the extension built, float32 x and weight, or under CPU autocast to bfloat16 / float16 (the
+    GEMM's output dtype, which the kernel takes with the float32 bias)."""
+    if x.device.type != "cpu" or weight.dtype != torch.float32 or _backends.cpu_ext_available("bias_act")():
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16)
+    return x.dtype == torch.float32

@@ -87,3 +87,45 @@ def test_inference_runs_the_cpu_epilogues_and_matches_autograd(monkeypatch):
     torch.testing.assert_close(got_v, want_v, atol=1e-5, rtol=1e-5)
     for g, w in zip(got_a, want_a, strict=True):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(cpu_ext() is None, reason="affectrt._C is not built")
+def test_under_cpu_autocast_the_encoders_run_the_cpu_epilogues_in_float32(monkeypatch):
+    # bf16 autocast makes the GEMMs' and convs' outputs bfloat16; the epilogues take them with the float32
+    # bias / LayerNorm parameters, compute in float32 and round once (torch's path: bf16 ops, mixed LayerNorm).
+    calls = {"bias_act": 0, "ln_gelu": 0, "conv0_ln_gelu": 0}
+    ext = cpu_ext()
+
+    def spy(name):
+        fn = getattr(ext, name)
+
+        def counted(*args):
+            calls[name] += 1
+            return fn(*args)
+
+        return counted
+
+    clip, hubert, pixels, audio = _encoders_and_inputs()
+
+    def run():
+        return clip(pixels), hubert(audio)[-1]
+
+    def err(got, want):
+        return ((got.float() - want).abs().max() / want.abs().max()).item()
+
+    with torch.no_grad():
+        want = run()
+        with torch.autocast("cpu", dtype=torch.bfloat16), monkeypatch.context() as torch_path:
+            torch_path.setattr(bias_act, "cpu_kernel_fits", lambda *a: False)
+            torch_path.setattr(feat_conv, "cpu_kernel_fits", lambda *a: False)
+            torch_ops = run()
+    for name in calls:
+        monkeypatch.setattr(ext, name, spy(name))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run()
+    layers = len(clip.blocks) + len(hubert.blocks)
+    assert calls == {"bias_act": layers, "ln_gelu": len(hubert.convs) - 1, "conv0_ln_gelu": 1}
+    assert err(got[0], want[0]) < 0.01  # CLIP, bf16 against fp32
+    # the tiny HuBERT's states move by half their scale under bf16 either way: no further than torch's path
+    for g, t, w in zip(got, torch_ops, want):
+        assert err(g, w) <= 1.1 * err(t, w) + 1e-3

@@ -157,3 +157,66 @@ def test_conv0_checks():
     got = conv0_ln_gelu(x.double(), w.double(), None, n.double(), n.double(), 5, 1e-5)  # eager
     want = F.gelu(F.layer_norm(F.conv1d(x.double()[:, None], w.double(), stride=5).transpose(1, 2), (8,)) + 1)
     torch.testing.assert_close(got, want)
+
+
+# Under CPU autocast a GEMM's or conv's output is bfloat16 (or float16) while the bias and LayerNorm parameters
+# stay float32: the kernels compute such rows in float32 and round once.
+HALF = [torch.bfloat16, torch.float16]
+
+
+def _within_half_ulp(got: torch.Tensor, want64: torch.Tensor) -> None:
+    """got (16-bit) is want64 rounded to got's dtype, give or take the one ulp a float32 computation near a
+    rounding boundary may move it."""
+    eps = torch.finfo(got.dtype).eps
+    torch.testing.assert_close(got.double(), want64, rtol=eps, atol=eps * 1e-3 * want64.abs().max().item())
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("act", ["gelu", "quick_gelu"])
+def test_bias_act_on_16_bit_rows_with_a_float32_bias(dtype, act):
+    g = torch.Generator().manual_seed(4)
+    y = (torch.randn(3, 17, 70, generator=g) * 3).to(dtype)
+    b = torch.randn(70, generator=g)
+    want = bias_act_ref(y.double(), b.double(), act)  # the exact value of the 16-bit inputs' computation
+    got = bias_act_(y.clone(), b, act, backend="cpu")
+    assert got.dtype == dtype
+    _within_half_ulp(got, want)
+    assert torch.equal(bias_act_(y.clone(), b, act), got)  # auto picks the kernel
+    ref = bias_act_ref(y, b, act)  # the eager backend: float32 (y + b promotes), rounded once
+    _within_half_ulp(ref, want)
+    with pytest.raises(BackendError, match="float32 bias"):  # a 16-bit bias: the reference only
+        bias_act_(y.clone(), b.to(dtype), act, backend="cpu")
+    with pytest.raises(ValueError, match="float32 for a bfloat16 / float16 y"):
+        bias_act_(y.float(), b.to(dtype), act)
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_ln_gelu_on_16_bit_rows_with_float32_parameters(dtype):
+    g = torch.Generator().manual_seed(5)
+    y = (torch.randn(5, 37, 100, generator=g) * 3 + 20).to(dtype)
+    w, b = torch.randn(100, generator=g), torch.randn(100, generator=g)
+    want = ln_gelu_ref(y.double(), w.double(), b.double(), 1e-5)
+    got = ln_gelu_(y.clone(), w, b, 1e-5, backend="cpu")
+    assert got.dtype == dtype
+    _within_half_ulp(got, want)
+    _within_half_ulp(ln_gelu_ref(y, w, b, 1e-5), want)  # the eager backend computes in float32 too
+    with pytest.raises(BackendError, match="not float32"):
+        ln_gelu_(y.clone(), w.to(dtype), b.to(dtype), 1e-5, backend="cpu")
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_conv0_rounds_its_float32_result_to_out_dtype(dtype):
+    g = torch.Generator().manual_seed(6)
+    x, w = torch.randn(3, 801, generator=g), torch.randn(36, 1, 10, generator=g) * 0.3
+    lw, lb = torch.randn(36, generator=g), torch.randn(36, generator=g)
+    full = conv0_ln_gelu(x, w, None, lw, lb, 5, 1e-5, backend="cpu")
+    got = conv0_ln_gelu(x, w, None, lw, lb, 5, 1e-5, backend="cpu", out_dtype=dtype)
+    assert got.dtype == dtype and torch.equal(got, full.to(dtype))  # the same rows, rounded to nearest even
+    eager = conv0_ln_gelu(x, w, None, lw, lb, 5, 1e-5, backend="eager", out_dtype=dtype)
+    assert eager.dtype == dtype
+    torch.testing.assert_close(eager.float(), got.float(), rtol=torch.finfo(dtype).eps, atol=1e-3)
+    with pytest.raises(ValueError, match="out_dtype"):
+        conv0_ln_gelu(x, w, None, lw, lb, 5, 1e-5, out_dtype=torch.float64)
