@@ -61,8 +61,8 @@ def test_in_place_activations_give_the_same_bits_with_and_without_autograd(monke
     assert len(got_a) == len(want_a) and all(torch.equal(g, w) for g, w in zip(got_a, want_a))
 
 
-@pytest.mark.skipif(cpu_ext() is None, reason="affectrt._C is not built")
-def test_inference_runs_the_cpu_epilogues_and_matches_autograd(monkeypatch):
+def _count_epilogue_calls(monkeypatch) -> dict[str, int]:
+    """Calls of each C++ encoder epilogue from now on (the extension's functions wrapped)."""
     calls = {"bias_act": 0, "ln_gelu": 0, "conv0_ln_gelu": 0}
     ext = cpu_ext()
 
@@ -77,6 +77,12 @@ def test_inference_runs_the_cpu_epilogues_and_matches_autograd(monkeypatch):
 
     for name in calls:
         monkeypatch.setattr(ext, name, spy(name))
+    return calls
+
+
+@pytest.mark.skipif(cpu_ext() is None, reason="affectrt._C is not built")
+def test_inference_runs_the_cpu_epilogues_and_matches_autograd(monkeypatch):
+    calls = _count_epilogue_calls(monkeypatch)
     clip, hubert, pixels, audio = _encoders_and_inputs()
     with torch.no_grad():
         got_v, got_a = clip(pixels), hubert(audio)
@@ -93,18 +99,6 @@ def test_inference_runs_the_cpu_epilogues_and_matches_autograd(monkeypatch):
 def test_under_cpu_autocast_the_encoders_run_the_cpu_epilogues_in_float32(monkeypatch):
     # bf16 autocast makes the GEMMs' and convs' outputs bfloat16; the epilogues take them with the float32
     # bias / LayerNorm parameters, compute in float32 and round once (torch's path: bf16 ops, mixed LayerNorm).
-    calls = {"bias_act": 0, "ln_gelu": 0, "conv0_ln_gelu": 0}
-    ext = cpu_ext()
-
-    def spy(name):
-        fn = getattr(ext, name)
-
-        def counted(*args):
-            calls[name] += 1
-            return fn(*args)
-
-        return counted
-
     clip, hubert, pixels, audio = _encoders_and_inputs()
 
     def run():
@@ -119,8 +113,7 @@ def test_under_cpu_autocast_the_encoders_run_the_cpu_epilogues_in_float32(monkey
             torch_path.setattr(bias_act, "cpu_kernel_fits", lambda *a: False)
             torch_path.setattr(feat_conv, "cpu_kernel_fits", lambda *a: False)
             torch_ops = run()
-    for name in calls:
-        monkeypatch.setattr(ext, name, spy(name))
+    calls = _count_epilogue_calls(monkeypatch)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         got = run()
     layers = len(clip.blocks) + len(hubert.blocks)
