@@ -6,19 +6,22 @@ Channels last, for the stable-layer-norm HuBERT (MODEL_SPEC §1.3; ``affectrt.mo
     conv0_ln_gelu:  out[n, t, :] = GELU(LN(Σ_k w[:, 0, k] · x[n, t·s + k] + b) · γ + β)    x [N, S] -> [N, T, C]
                     with T = (S − K) / s + 1 (Conv1d with one input channel, kernel K, stride s)
 
-LN is ``F.layer_norm`` over the last dimension (biased variance), GELU the erf form. Under CPU autocast a
-conv's output is bfloat16 (or float16) while the LayerNorm parameters stay float32: such y is normalised and
-activated in float32 and rounded once (the references upcast), and ``conv0_ln_gelu`` writes its float32 result
-rounded to ``out_dtype``. torch's path there was a bfloat16 conv, a mixed-dtype LayerNorm and a bfloat16 GELU. The first layer's output
+LN is ``F.layer_norm`` over the last dimension (biased variance), GELU the erf form. The first layer's output
 is the audio encoder's largest tensor ([N, S/5, C]: 26 MB for 8 two-second windows at the `small` preset's
 C=128, 105 MB at the release's 512); conv, LayerNorm and GELU as three torch ops move it through memory
 five times, the fused kernel once. The later layers' convolutions stay with oneDNN (GEMM-class work);
 ``ln_gelu_`` is their one-pass epilogue.
 
+Under CPU autocast a conv's output is bfloat16 (or float16) while the LayerNorm parameters stay float32: such
+y is normalised and activated in float32 and rounded once (the references upcast), and ``conv0_ln_gelu``
+writes its float32 result rounded to ``out_dtype``. torch's path there was a bfloat16 conv, a mixed-dtype
+LayerNorm and a bfloat16 GELU.
+
 Backends (DESIGN §3), in "auto" order: ``cpu`` (``affectrt._C``, csrc/feat_conv*.{h,cpp}: CPU tensors, y
-float32, bfloat16 or float16, x and every parameter float32, forward only) and ``eager`` (the ``*_ref`` definitions, differentiable). No CUDA or Triton layer on
-purpose: on a GPU the release runs the feature extractor under fp16 autocast and the export path (TensorRT)
-fuses these epilogues; this op exists for CPU inference. ``HubertEncoder`` uses it only where nothing can
+float32, bfloat16 or float16, x and every parameter float32, forward only) and ``eager`` (the ``*_ref``
+definitions, differentiable). No CUDA or Triton layer on purpose: on a GPU the release runs the feature
+extractor under fp16 autocast and the export path (TensorRT) fuses these epilogues; this op exists for CPU
+inference. ``HubertEncoder`` uses it only where nothing can
 observe the in-place write (no autograd, tracing, export or compilation).
 """
 
