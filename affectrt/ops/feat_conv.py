@@ -21,8 +21,8 @@ Backends (DESIGN §3), in "auto" order: ``cpu`` (``affectrt._C``, csrc/feat_conv
 float32, bfloat16 or float16, x and every parameter float32, forward only) and ``eager`` (the ``*_ref``
 definitions, differentiable). No CUDA or Triton layer on purpose: on a GPU the release runs the feature
 extractor under fp16 autocast and the export path (TensorRT) fuses these epilogues; this op exists for CPU
-inference. ``HubertEncoder`` uses it only where nothing can
-observe the in-place write (no autograd, tracing, export or compilation).
+inference. ``HubertEncoder`` uses it only where nothing can observe the in-place write (no autograd,
+tracing, export or compilation).
 """
 
 from __future__ import annotations
