@@ -44,7 +44,7 @@ void run(const BiasActArgs& a) {
 }  // namespace
 
 const char* bias_act_cpu(const BiasActArgs& a) {
-  if (a.dtype != kFloat32 && a.dtype != kBFloat16 && a.dtype != kFloat16)
+  if (!known_dtype(a.dtype))
     return "bias_act_cpu: unsupported dtype code (expected 0=float32, 1=float16, 2=bfloat16)";
   switch (a.act) {
     case kIdentity: run<kIdentity>(a); return nullptr;

@@ -46,6 +46,9 @@ inline int cpu_isa() {
 // Dtype codes passed from Python (affectrt/ops/_ext.py DTYPE_CODES must match).
 enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// Whether `code` is one of the DType codes above (kernels taking float32 or 16-bit rows check their argument).
+inline bool known_dtype(int code) { return code == kFloat32 || code == kFloat16 || code == kBFloat16; }
+
 // Bit-level conversions for the host side: the CPU build has no half type of its own.
 inline float host_half_to_float(uint16_t h) {
   const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;

@@ -114,8 +114,9 @@ AI void gemm_micro(const float* const* w, const float* xt, int64_t ldx, int64_t 
       for (int i = 0; i < MV; ++i) acc[j][i] += xv[i] * wj;
     }
   };
-  // Two k per iteration: the next X^T row's loads issue while this row's FMAs run (2-core Xeon, N = 3600,
-  // K = 1024, 64 columns, two threads: 400-406 against 374-380 GFLOP/s; by 1, 4 or 8: 360-378).
+  // Two k per iteration: the next X^T row's loads issue while this row's FMAs run (scratch harness, 2-core
+  // Xeon, N = 3600, K = 1024, 64 columns, two threads: 400-406 against 374-380 GFLOP/s; by 1, 4 or 8: 360-378;
+  // code-layout sensitive, so judged on the real build: benchmarks/kernels.py --ops fusion_head).
   int64_t k = 0;
   for (; k + 2 <= K; k += 2) step(k), step(k + 1);
   if (k < K) step(k);

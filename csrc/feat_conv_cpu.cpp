@@ -41,11 +41,10 @@ AFFECTRT_CLONES void conv0_row(float* __restrict out, const float* __restrict wt
 
 }  // namespace
 
-inline bool known_dtype(int d) { return d == kFloat32 || d == kBFloat16 || d == kFloat16; }
-
 const char* ln_gelu_cpu(const LnGeluArgs& a) {
   if (a.C <= 0) return "ln_gelu_cpu: C must be positive";
-  if (!known_dtype(a.dtype)) return "ln_gelu_cpu: unsupported dtype code (expected 0=float32, 1=float16, 2=bfloat16)";
+  if (!known_dtype(a.dtype))
+    return "ln_gelu_cpu: unsupported dtype code (expected 0=float32, 1=float16, 2=bfloat16)";
   const int64_t bytes = dtype_bytes(a.dtype);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < a.rows; ++r) {

@@ -209,10 +209,9 @@ def cpu_encoder_rows() -> int:
     """Frames or audio windows per encoder call on the CPU: ``AFFECTRT_ENCODER_ROWS``, else 8.
 
     Past a handful of rows the activations leave the caches and every row gets slower; which count is best
-    depends on the CPU's caches. 8 measured best on the 2-core Xeon (AMX, 2 MB L2 per core; `small` preset,
-    8 clips: CLIP 48.6 ms per clip at 8 rows against 53.2 at 4 and 52.1 at 16, HuBERT 52.5 against 57.2 and
-    60.1). ``python benchmarks/cpu_parts.py --only encoder_rows`` measures it on another CPU and prints the
-    value to set. Read per call, so a process can be tuned without a restart; the count changes no feature
+    depends on the CPU's caches. ``python benchmarks/cpu_parts.py --only encoder_rows`` measures it and prints
+    the value to set: on the 2-core Xeon (AMX, 2 MB L2 per core; `small` preset, 8 clips) 130.2 ms per clip at
+    8 rows against 144.2 at 4 and 130.9 at 16 (commit e0393ee). Read per call, so a process can be tuned without a restart; the count changes no feature
     (each frame and window is encoded on its own) beyond the last bits a different GEMM shape may round.
     """
     raw = os.environ.get("AFFECTRT_ENCODER_ROWS", "").strip()
