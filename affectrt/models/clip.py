@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.config import CLIPVisionConfig
-from affectrt.models.activations import linear_act
+from affectrt.models.activations import linear_act, may_overwrite
 from affectrt.models.hf_io import check_keys, load_converted, load_state_dict, read_config
 
 # Defaults of transformers' CLIPVisionConfig / CLIPConfig: config.json files omit keys equal to them.
@@ -92,10 +92,22 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, queries: int | None = None) -> Tensor:
         """``queries``: only the first ``queries`` tokens attend (all tokens still serve as keys/values)."""
         n, t, d = x.shape
-        # [N, T, 3, H, Dh] -> 3 x [N, H, T, Dh]
-        q, k, v = self.qkv(x).view(n, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        if queries is not None:
-            q, t = q[:, :, :queries], queries
+        h = self.num_heads
+        if queries is None:
+            # [N, T, 3, H, Dh] -> 3 x [N, H, T, Dh]
+            q, k, v = self.qkv(x).view(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        else:
+            # The other tokens' queries would be computed and dropped: project q for the first ``queries``
+            # tokens only, k and v for all (the qkv weight's rows are q, then k, then v).
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :queries], w[:d], None if b is None else b[:d])
+            q = q.view(n, queries, h, d // h).transpose(1, 2)
+            k, v = (
+                F.linear(x, w[d:], None if b is None else b[d:])
+                .view(n, t, 2, h, d // h)
+                .permute(2, 0, 3, 1, 4)
+            )
+            t = queries
         y = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(Dh), no mask: every token sees all
         return self.out(y.transpose(1, 2).reshape(n, t, d))
 
@@ -123,8 +135,8 @@ class Block(nn.Module):
     def forward_cls(self, x: Tensor) -> Tensor:
         """The layer's output at the CLS token only: [N, T, d] -> [N, 1, d].
 
-        The image features read nothing else of the last layer, so its out-projection and MLP run on one token
-        instead of 257 (about 70% of that layer's work) with the same result.
+        The image features read nothing else of the last layer, so its query projection, out-projection and MLP
+        run on one token instead of 257 (about 80% of that layer's work) with the same result.
         """
         x = x[:, :1] + self.attn(self.ln1(x), queries=1)
         return x + self.mlp(self.ln2(x))
@@ -160,12 +172,41 @@ class CLIPVisionEncoder(nn.Module):
                 "images (resize and crop them first; position embeddings are not interpolated)"
             )
 
+    def embed(self, pixel_values: Tensor) -> Tensor:
+        """[N, C, H, W] -> the pre-LN input cat(cls, patches) + pos, [N, P+1, d]."""
+        x = pixel_values.to(self.patch_embed.weight.dtype)
+        p = self.cfg.patch_size
+        if x.device.type == "cpu" and may_overwrite() and x.shape[-2] % p == 0 and x.shape[-1] % p == 0:
+            return self._embed_gemm(x)
+        return self._embed_conv(x)
+
+    def _embed_conv(self, x: Tensor) -> Tensor:
+        """:meth:`embed` as ``transformers`` computes it (autograd, tracing, export, GPUs)."""
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # [N, d, H/p, W/p] -> [N, P, d]
+        return torch.cat([self.cls_token.expand(x.shape[0], 1, -1), patches], dim=1) + self.pos_embed
+
+    def _embed_gemm(self, x: Tensor) -> Tensor:
+        """:meth:`embed` on the CPU at inference: the patch conv as one GEMM, the position embeddings added
+        as the patches are written into the output.
+
+        The conv's stride equals its kernel, so its windows tile the image and its im2col is a reshape (one
+        copy of the pixels); oneDNN's direct conv with 3 input channels ran below half the GEMM's rate.
+        ``python benchmarks/cpu_parts.py --only clip_embed`` times both.
+        """
+        n, c, hgt, wid = x.shape
+        p, d = self.cfg.patch_size, self.cfg.hidden_size
+        gh, gw = hgt // p, wid // p
+        cols = x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(n * gh * gw, c * p * p)
+        patches = torch.mm(cols, self.patch_embed.weight.reshape(d, -1).t()).view(n, gh * gw, d)
+        out = patches.new_empty(
+            n, gh * gw + 1, d, dtype=torch.promote_types(patches.dtype, self.pos_embed.dtype)
+        )
+        torch.add(patches, self.pos_embed[1:], out=out[:, 1:])
+        out[:, 0] = self.cls_token + self.pos_embed[0]
+        return out
+
     def _run(self, pixel_values: Tensor, blocks) -> Tensor:
-        n = pixel_values.shape[0]
-        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [N, d, H/p, W/p]
-        x = x.flatten(2).transpose(1, 2)  # [N, P, d]
-        x = torch.cat([self.cls_token.expand(n, 1, -1), x], dim=1) + self.pos_embed
-        x = self.ln_pre(x)
+        x = self.ln_pre(self.embed(pixel_values))
         for block in blocks:
             x = block(x)
         return x
