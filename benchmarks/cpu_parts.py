@@ -4,7 +4,6 @@
     python benchmarks/cpu_parts.py --only front_end
     python benchmarks/cpu_parts.py --only rows_linear --dtype bfloat16 --rows 1
     python benchmarks/cpu_parts.py --only encoder_rows
-    python benchmarks/cpu_parts.py --only clip_embed
 
 - ``front_end``: HuBERT's conv front end (`small` preset, random weights) over the release's eight 2 s windows
   of a 3 s clip, shared across the overlapping windows (``HubertEncoder.conv_features``) against window by
@@ -17,9 +16,6 @@
 - ``encoder_rows``: CLIP and HuBERT (`small` preset, random weights) over eight clips' frames and audio windows
   (64 each) at 2, 4, 8, 16 and 32 rows per encoder call; prints the ms per clip of each and the
   ``AFFECTRT_ENCODER_ROWS`` that was fastest on this CPU (``affectrt.models.affectgpt.cpu_encoder_rows``).
-- ``clip_embed``: CLIP's patch embedding of 8 frames (`small` and the released ViT-L/14 widths, random weights),
-  ``CLIPVisionEncoder.embed`` (the patch conv as one GEMM at CPU inference) against the conv, concatenation and
-  position add it replaces.
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ from affectrt.config import get_preset  # noqa: E402
 from affectrt.cpu_alloc import keep_freed_memory  # noqa: E402
 from affectrt.media.audio import joint_normalize  # noqa: E402
 from affectrt.media.sampling import audio_window_slices  # noqa: E402
-from affectrt.models.clip import CLIPVisionEncoder  # noqa: E402
 from affectrt.models.hubert import HubertEncoder  # noqa: E402
 from affectrt.ops.rows_linear import rows_linear  # noqa: E402
 
@@ -77,26 +72,6 @@ def front_end(repeats: int) -> None:
         print(
             f"front_end {seconds} s clip: shared {ms['shared']:.1f} ms, window by window {ms['per-window']:.1f} ms "
             f"({ms['per-window'] / ms['shared']:.2f}x)"
-        )
-
-
-def clip_embed(repeats: int) -> None:
-    torch.manual_seed(0)
-    small = get_preset("small").vision
-    for name, cfg in (("small", small), ("released", get_preset("affectgpt-7b-frame").vision)):
-        enc = CLIPVisionEncoder(cfg).eval()
-        x = torch.randn(8, 3, cfg.image_size, cfg.image_size)
-
-        def conv(x: torch.Tensor = x, enc: CLIPVisionEncoder = enc) -> torch.Tensor:
-            p = enc.patch_embed(x).flatten(2).transpose(1, 2)
-            return torch.cat([enc.cls_token.expand(x.shape[0], 1, -1), p], dim=1) + enc.pos_embed
-
-        with torch.inference_mode():
-            err = (enc.embed(x) - conv()).abs().max().item()
-            ms = interleaved({"gemm": lambda x=x, enc=enc: enc.embed(x), "conv": conv}, repeats)
-        print(
-            f"clip_embed {name} (d = {cfg.hidden_size}, 8 frames): GEMM {ms['gemm']:.2f} ms, conv {ms['conv']:.2f} ms "
-            f"({ms['conv'] / ms['gemm']:.2f}x), max |difference| {err:.1e}"
         )
 
 
@@ -195,9 +170,7 @@ def encoder_rows(repeats: int, candidates: tuple[int, ...] = (2, 4, 8, 16, 32)) 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--only", choices=("front_end", "rows_linear", "encoder_rows", "clip_embed"), help="run one part"
-    )
+    ap.add_argument("--only", choices=("front_end", "rows_linear", "encoder_rows"), help="run one part")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--rows", type=int, default=16, help="rows_linear: rows per GEMM (the decode batch)")
     ap.add_argument(
@@ -216,8 +189,6 @@ def main(argv: list[str] | None = None) -> None:
         decode_gemms(args.repeats, args.rows, getattr(torch, args.dtype))
     if args.only in (None, "encoder_rows"):
         encoder_rows(args.repeats)
-    if args.only in (None, "clip_embed"):
-        clip_embed(args.repeats)
 
 
 if __name__ == "__main__":

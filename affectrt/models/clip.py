@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from affectrt.config import CLIPVisionConfig
-from affectrt.models.activations import linear_act, may_overwrite
+from affectrt.models.activations import linear_act
 from affectrt.models.hf_io import check_keys, load_converted, load_state_dict, read_config
 
 # Defaults of transformers' CLIPVisionConfig / CLIPConfig: config.json files omit keys equal to them.
@@ -172,41 +172,12 @@ class CLIPVisionEncoder(nn.Module):
                 "images (resize and crop them first; position embeddings are not interpolated)"
             )
 
-    def embed(self, pixel_values: Tensor) -> Tensor:
-        """[N, C, H, W] -> the pre-LN input cat(cls, patches) + pos, [N, P+1, d]."""
-        x = pixel_values.to(self.patch_embed.weight.dtype)
-        p = self.cfg.patch_size
-        if x.device.type == "cpu" and may_overwrite() and x.shape[-2] % p == 0 and x.shape[-1] % p == 0:
-            return self._embed_gemm(x)
-        return self._embed_conv(x)
-
-    def _embed_conv(self, x: Tensor) -> Tensor:
-        """:meth:`embed` as ``transformers`` computes it (autograd, tracing, export, GPUs)."""
-        patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # [N, d, H/p, W/p] -> [N, P, d]
-        return torch.cat([self.cls_token.expand(x.shape[0], 1, -1), patches], dim=1) + self.pos_embed
-
-    def _embed_gemm(self, x: Tensor) -> Tensor:
-        """:meth:`embed` on the CPU at inference: the patch conv as one GEMM, the position embeddings added
-        as the patches are written into the output.
-
-        The conv's stride equals its kernel, so its windows tile the image and its im2col is a reshape (one
-        copy of the pixels); oneDNN's direct conv with 3 input channels ran below half the GEMM's rate.
-        ``python benchmarks/cpu_parts.py --only clip_embed`` times both.
-        """
-        n, c, hgt, wid = x.shape
-        p, d = self.cfg.patch_size, self.cfg.hidden_size
-        gh, gw = hgt // p, wid // p
-        cols = x.reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(n * gh * gw, c * p * p)
-        patches = torch.mm(cols, self.patch_embed.weight.reshape(d, -1).t()).view(n, gh * gw, d)
-        out = patches.new_empty(
-            n, gh * gw + 1, d, dtype=torch.promote_types(patches.dtype, self.pos_embed.dtype)
-        )
-        torch.add(patches, self.pos_embed[1:], out=out[:, 1:])
-        out[:, 0] = self.cls_token + self.pos_embed[0]
-        return out
-
     def _run(self, pixel_values: Tensor, blocks) -> Tensor:
-        x = self.ln_pre(self.embed(pixel_values))
+        n = pixel_values.shape[0]
+        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [N, d, H/p, W/p]
+        x = x.flatten(2).transpose(1, 2)  # [N, P, d]
+        x = torch.cat([self.cls_token.expand(n, 1, -1), x], dim=1) + self.pos_embed
+        x = self.ln_pre(x)
         for block in blocks:
             x = block(x)
         return x
