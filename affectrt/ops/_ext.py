@@ -3,6 +3,10 @@
 Nothing is imported until a kernel is first needed, so ``import affectrt`` never loads libcudart. Each
 loader returns the module or None; ``*_ext_reason()`` says why it is None (the import error text, or
 what the build recorded when the extension was not built).
+
+The CPU module comes wrapped (:class:`ProfiledExt`) so that its kernels appear in ``torch.profiler`` tables
+(``python benchmarks/latency.py --profile``): a pybind11 call is not a torch operator, and the profiler would
+otherwise charge a C++ epilogue's time to nothing at all.
 """
 
 from __future__ import annotations
@@ -17,12 +21,38 @@ import torch
 DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
+class ProfiledExt:
+    """An extension module whose functions, while a torch profiler records, each run inside a
+    ``record_function("affectrt._C.<name>")`` range; otherwise called as they are (one flag check added)."""
+
+    def __init__(self, module: ModuleType):
+        self._module = module
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._module, name)
+        if not callable(attr):
+            return attr
+        label = f"affectrt.{self._module.__name__.rsplit('.', 1)[-1]}.{name}"
+
+        def call(*args, **kwargs):
+            if torch.autograd._profiler_enabled():
+                with torch.profiler.record_function(label):
+                    return attr(*args, **kwargs)
+            return attr(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = attr.__doc__
+        self.__dict__[name] = call  # later lookups find it without __getattr__
+        return call
+
+
 @functools.cache
-def _load(name: str) -> tuple[ModuleType | None, str | None]:
+def _load(name: str) -> tuple[ModuleType | ProfiledExt | None, str | None]:
     try:
-        return importlib.import_module(f"affectrt.{name}"), None
+        module = importlib.import_module(f"affectrt.{name}")
     except ImportError as e:
         return None, _explain(name, e)
+    return (ProfiledExt(module) if name == "_C" else module), None
 
 
 def _explain(name: str, error: ImportError) -> str:
@@ -39,8 +69,8 @@ def _explain(name: str, error: ImportError) -> str:
     return f"affectrt.{name} failed to import: {error}"
 
 
-def cpu_ext() -> ModuleType | None:
-    """The CPU kernel module ``affectrt._C``, or None (see :func:`cpu_ext_reason`)."""
+def cpu_ext() -> ProfiledExt | None:
+    """The CPU kernel module ``affectrt._C`` (wrapped, :class:`ProfiledExt`), or None (see :func:`cpu_ext_reason`)."""
     return _load("_C")[0]
 
 
