@@ -10,6 +10,7 @@
 #include "attn_pool.h"
 #include "cross_attn_bind.h"
 #include "cpu_only_bind.h"
+#include "decode_step_bind.h"
 #include "fusion_head_bind.h"
 
 namespace py = pybind11;
@@ -44,6 +45,7 @@ PYBIND11_MODULE(_C, m) {
   affectrt::bind_cross_attn_cpu(m);
   affectrt::bind_fusion_head_cpu(m);
   affectrt::bind_cpu_only(m);
+  affectrt::bind_decode_step(m);
   m.def("num_threads", &num_threads, "OpenMP threads a kernel will use (1 without OpenMP)");
 #ifdef _OPENMP
   m.attr("openmp") = true;
@@ -52,5 +54,5 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.attr("functions") =
       py::make_tuple("attn_pool", "fusion_head", "cross_attn", "bias_act", "ln_gelu", "conv0_ln_gelu",
-                                       "rows_linear", "dec_attn", "dec_add_norm", "dec_silu_mul");
+                                       "rows_linear", "dec_attn", "dec_add_norm", "dec_silu_mul", "dec_step");
 }

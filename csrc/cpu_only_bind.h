@@ -32,6 +32,14 @@ void run_nogil(const char* (*launch)(const Args&), const Args& a) {
   check(err);
 }
 
+// decode_glue.h's LoRA term from Python: (b, rank, a_col, b_rows, scale, blocks, n_blocks); b 0 = none.
+using LoraTuple = std::tuple<uintptr_t, int64_t, int64_t, int, float, uintptr_t, int64_t>;
+
+inline DecLora dec_lora(const LoraTuple& l) {
+  return DecLora{reinterpret_cast<const float*>(std::get<0>(l)), std::get<1>(l), std::get<2>(l), std::get<3>(l),
+                 std::get<4>(l), reinterpret_cast<const int64_t*>(std::get<5>(l)), std::get<6>(l)};
+}
+
 inline void bind_cpu_only(pybind11::module_& m) {
   namespace py = pybind11;
   auto f32 = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
@@ -90,20 +98,15 @@ inline void bind_cpu_only(pybind11::module_& m) {
       py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("gamma"), py::arg("beta"), py::arg("out"), py::arg("N"),
       py::arg("S"), py::arg("T"), py::arg("C"), py::arg("K"), py::arg("stride"), py::arg("x_sn"), py::arg("x_ss"),
       py::arg("eps"), py::arg("out_dtype") = 0);
-  // decode_glue.h. lora = (b, rank, a_col, b_rows, scale, blocks, n_blocks); b 0 = no LoRA term.
-  using Lora = std::tuple<uintptr_t, int64_t, int64_t, int, float, uintptr_t, int64_t>;
-  auto lora = [f32](const Lora& l) {
-    return DecLora{f32(std::get<0>(l)), std::get<1>(l), std::get<2>(l), std::get<3>(l), std::get<4>(l),
-                   reinterpret_cast<const int64_t*>(std::get<5>(l)), std::get<6>(l)};
-  };
+  // decode_glue.h
   m.def(
       "dec_attn",
-      [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t cos, uintptr_t sin, uintptr_t kc, uintptr_t vc,
+      [f32](uintptr_t y, int64_t ldy, const LoraTuple& l, uintptr_t cos, uintptr_t sin, uintptr_t kc, uintptr_t vc,
                   uintptr_t slots, int64_t Lq, int64_t attend_len, int64_t max_len, uintptr_t mask, int64_t mask_sb,
                   int64_t mask_sl, uintptr_t out, int64_t M, int64_t H, int64_t Hkv, int64_t D, int attend) {
         const DecAttnArgs a{f32(y),
                             ldy,
-                            lora(l),
+                            dec_lora(l),
                             f32(cos),
                             f32(sin),
                             f32(kc),
@@ -126,16 +129,16 @@ inline void bind_cpu_only(pybind11::module_& m) {
       "LoRA term, RoPE, k/v into the cache at each token's slot, attention over it unless attend=0 (decode_glue.h)");
   m.def(
       "dec_add_norm",
-      [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t x, uintptr_t norm_w, uintptr_t out, int64_t M,
+      [f32](uintptr_t y, int64_t ldy, const LoraTuple& l, uintptr_t x, uintptr_t norm_w, uintptr_t out, int64_t M,
                   int64_t d, float eps) {
-        const DecAddNormArgs a{f32(y), ldy, lora(l), f32(x), f32(norm_w), f32(out), M, d, eps};
+        const DecAddNormArgs a{f32(y), ldy, dec_lora(l), f32(x), f32(norm_w), f32(out), M, d, eps};
         run_nogil(dec_add_norm_cpu, a);
       },
       "decode step: LoRA term, x += y, out = RMSNorm(x)·w (decode_glue.h)");
   m.def(
       "dec_silu_mul",
-      [f32, lora](uintptr_t y, int64_t ldy, const Lora& l, uintptr_t out, int64_t M, int64_t inter) {
-        const DecSiluMulArgs a{f32(y), ldy, lora(l), f32(out), M, inter};
+      [f32](uintptr_t y, int64_t ldy, const LoraTuple& l, uintptr_t out, int64_t M, int64_t inter) {
+        const DecSiluMulArgs a{f32(y), ldy, dec_lora(l), f32(out), M, inter};
         run_nogil(dec_silu_mul_cpu, a);
       },
       "decode step: LoRA term, out = silu(gate)·up (decode_glue.h)");

@@ -12,7 +12,7 @@ from affectrt.generate import GenerationConfig, generate
 from affectrt.models import fused_decode
 from affectrt.models.kv_cache import StaticKVCache
 from affectrt.models.lora import merge_lora
-from affectrt.models.packed import pack_projections
+from affectrt.models.packed import DERIVED_ATTR, pack_projections
 from affectrt.models.qwen2 import Qwen2ForCausalLM
 from tests.models.test_packed import CFG, lora_llm
 
@@ -228,3 +228,78 @@ def test_the_fused_step_runs_on_a_cache_whose_stopped_rows_were_dropped(monkeypa
     trimmed = [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in want]
     assert got == trimmed
     assert sizes and min(sizes) < 4 and all(ran)
+
+
+# ----- the whole step in one call (csrc/decode_step.h) -------------------------------------------------------
+
+
+def _whole_step_calls(monkeypatch) -> list[int]:
+    """Record the rows M of each call of the whole-step kernel."""
+    ext, calls = fused_decode.cpu_ext(), []
+    real = ext.dec_step
+
+    def spy(plan, *args):
+        calls.append(args[-1])
+        return real(plan, *args)
+
+    monkeypatch.setattr(ext, "dec_step", spy)
+    return calls
+
+
+@pytest.mark.skipif(not fused_decode.sgemm_address(), reason="torch's CPU library exports no sgemm_")
+@pytest.mark.parametrize("layout", ["columns", "rows", "rows_linear"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_whole_step_equals_the_per_layer_loop_bit_for_bit(layout, batch, monkeypatch):
+    """Decode steps run as one C++ call; it does what the per-layer loop does, in the same order, through the
+    same BLAS: the hidden states and the cache are the same bits (the prefill takes the loop either way)."""
+    from affectrt.models import packed
+
+    if layout != "columns":
+        monkeypatch.setattr(packed, "columns_layout", lambda *a, **k: False)
+    if layout == "rows_linear":  # the stacks that stream their rows: rows_linear's kernel, from C++ too
+        monkeypatch.setattr(packed, "ROWS_KERNEL_MIN_BYTES", 0)
+    model = lora_llm()
+    pack_projections(model)
+    with torch.inference_mode():
+        plan = fused_decode._plan(model)
+    assert plan is not None and plan.step is not None
+    calls = _whole_step_calls(monkeypatch)
+    got, got_cache = _decode(model, batch)
+    assert calls == [batch] * STEPS
+    monkeypatch.setattr(plan, "step", None)  # the per-layer loop
+    want, want_cache = _decode(model, batch)
+    assert len(calls) == STEPS
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    assert torch.equal(got_cache.k, want_cache.k) and torch.equal(got_cache.v, want_cache.v)
+
+
+def test_without_sgemm_the_steps_take_the_per_layer_loop(monkeypatch):
+    """A torch build that exports no sgemm_: no whole-step plan, and the answers are the same."""
+    model = lora_llm()
+    pack_projections(model)
+    ids = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(0))
+    gen = GenerationConfig(max_new_tokens=4)
+    with torch.inference_mode():
+        want = generate(model, input_ids=ids, gen=gen)
+    monkeypatch.setattr(fused_decode, "sgemm_address", lambda: 0)
+    model.__dict__.pop(DERIVED_ATTR, None)  # the kept plan was built with sgemm
+    calls, ran = _whole_step_calls(monkeypatch), _spy(monkeypatch)
+    with torch.inference_mode():
+        assert generate(model, input_ids=ids, gen=gen) == want
+        assert fused_decode._plan(model).step is None
+    assert calls == [] and ran == [True] * 4
+
+
+def test_the_step_plan_rejects_a_layer_without_four_gemms():
+    ext = fused_decode.cpu_ext()
+    if not fused_decode.sgemm_address() or not hasattr(ext, "DecStepPlan"):
+        pytest.skip("no whole-step kernel in this build")
+    gemm = (0, 0, 4, 4, 1, 1, 0)
+    lora = (0, 0, 0, 0, 0.0, 0, 0)
+    with pytest.raises(ValueError, match="4 GEMMs and 4 LoRA terms, got 3 and 4"):
+        ext.DecStepPlan(
+            [([gemm] * 3, [lora] * 4, 0, 0)], 0, fused_decode.sgemm_address(), 4, 1, 1, 4, 8, 1e-6
+        )
+    with pytest.raises(ValueError, match="sgemm is a null pointer"):
+        ext.DecStepPlan([], 0, 0, 4, 1, 1, 4, 8, 1e-6)
