@@ -303,3 +303,26 @@ def test_the_step_plan_rejects_a_layer_without_four_gemms():
         )
     with pytest.raises(ValueError, match="sgemm is a null pointer"):
         ext.DecStepPlan([], 0, 0, 4, 1, 1, 4, 8, 1e-6)
+
+
+@pytest.mark.parametrize("cols", [96, 104, 40])  # whole 32-column tiles, and tiles plus a remainder
+def test_the_lora_term_is_the_same_bits_whatever_the_rows_per_call(cols):
+    """The glue kernels compute the LoRA term of up to four rows per pass over B: a row's result must not
+    depend on which rows share its pass (7 rows at once against one call per row; every tile size 1-4)."""
+    ext = fused_decode.cpu_ext()
+    g = torch.Generator().manual_seed(cols)
+    M, rank, inter = 7, 8, cols // 2
+    n = 2 * inter
+    b = torch.randn(rank, n, generator=g)
+    blocks = torch.tensor([[0, 3, 0, inter], [3, 5, inter, inter]], dtype=torch.int64)  # two adapters
+    lora = (b.data_ptr(), rank, n, 0, 1.7, blocks.data_ptr(), len(blocks))
+    y = torch.randn(M, n + rank, generator=g)
+    together, out = y.clone(), torch.empty(M, inter)
+    ext.dec_silu_mul(together.data_ptr(), n + rank, lora, out.data_ptr(), M, inter)
+    one_by_one, out1 = y.clone(), torch.empty(M, inter)
+    for m in range(M):
+        ext.dec_silu_mul(one_by_one[m].data_ptr(), n + rank, lora, out1[m].data_ptr(), 1, inter)
+    assert torch.equal(together, one_by_one) and torch.equal(out, out1)
+    # and it is the term: z + (a @ B)·s, up to float32 rounding
+    want = y[:, :n] + (y[:, n:] @ torch.block_diag(b[:3, :inter], b[3:, inter:])) * 1.7
+    torch.testing.assert_close(together[:, :n], want, atol=1e-5, rtol=1e-5)
