@@ -22,6 +22,7 @@ import av
 import numpy as np
 import torch
 
+from affectrt.media.container import open_input
 from affectrt.media.errors import MediaError
 from affectrt.media.resample import StreamingResampler
 from affectrt.media.sampling import audio_window_slices
@@ -49,14 +50,7 @@ def _to_float(frame: av.AudioFrame) -> np.ndarray:
 
 
 def _open_audio(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.AudioStream]:
-    if not os.path.exists(path):
-        raise MediaError(path, "file not found", "check the path")
-    try:
-        container = av.open(os.fspath(path))
-    except (av.FFmpegError, OSError) as e:
-        raise MediaError(
-            path, f"cannot open as a media file ({e})", "the file is corrupt or not audio/video"
-        ) from e
+    container = open_input(path, "audio")
     if not container.streams.audio:
         kinds = sorted({s.type for s in container.streams})
         container.close()

@@ -21,14 +21,15 @@ frames that are not themselves needed (`_decode_ranks_skipping`: frames picked b
 decoded frame bit-identical to a full decode); whenever its output disagrees with the index it falls back to
 counting decoded frames. decord is never imported here.
 
-Cost (10 s 720p H.264 pan clip, 2-core Xeon, benchmarks/media.py): opening a file costs ~25 ms
-(avformat_find_stream_info decodes the first frames), so the H.264 path keeps the index pass's packets (up to
+Cost (10 s 720p H.264 pan clip, 2-core Xeon, benchmarks/media.py): a plain open costs ~25 ms there
+(avformat_find_stream_info decodes the first frame on one thread); an MP4's open skips that decode
+(`affectrt.media.container`: ~1-2 ms), and the H.264 path keeps the index pass's packets (up to
 `_KEEP_PACKET_BYTES`) and decodes them from memory in the same container: one open, one demux, a jump to a
 keyframe is a decoder flush. It decodes with slice threads: frame threads delay every output by a frame per
 thread, which a reader that stops at each target and jumps to the next keyframe pays at every jump (skipping
 path measured 265 ms with frame threads, 171 ms with slice threads); and it drains the decoder after the last
 target of each run instead of decoding further frames to push it out. The picked frames share one scaler, so
-swscale is set up once per read instead of once per frame. What is left is the open, and decoding the
+swscale is set up once per read instead of once per frame. What is left is decoding the
 targets and the reference frames they depend on (89 of 250 frames there, the costly I/P ones).
 """
 
@@ -44,6 +45,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from affectrt.media.container import open_input, probed_lightly
 from affectrt.media.errors import MediaError
 from affectrt.media.sampling import sample_indices
 
@@ -57,6 +59,7 @@ class _Index:
     pts: list[int]  # presentation timestamps in rank order (len == frame count)
     seek_ranks: list[int]  # ranks of keyframes that are safe seek points (closed GOP), ascending
     by_pts: bool = False  # every packet has its own, unique pts: frames can be picked by pts
+    reorders: bool = True  # decode order is not presentation order (or, without timestamps, may not be)
     # The packets themselves in decode order, when the index pass was asked to keep them and they fit the
     # budget (`_index`'s keep_bytes); None otherwise. Seek rank k is packets[k] (a closed-GOP keyframe).
     packets: list[av.Packet] | None = field(default=None, compare=False, repr=False)
@@ -67,16 +70,12 @@ class _Index:
         return self.seek_ranks[i] if i >= 0 else 0
 
 
-def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.VideoStream]:
-    """Open `path` and pick the video stream decord would (av_find_best_stream); MediaError otherwise."""
-    if not os.path.exists(path):
-        raise MediaError(path, "file not found", "check the path")
-    try:
-        container = av.open(os.fspath(path))
-    except (av.FFmpegError, OSError) as e:
-        raise MediaError(
-            path, f"cannot open as a media file ({e})", "the file is corrupt or not audio/video"
-        ) from e
+def open_video(
+    path: str | os.PathLike, full_probe: bool = False
+) -> tuple[av.container.InputContainer, av.VideoStream]:
+    """Open `path` (`open_input`: no probe decode where the header suffices, unless `full_probe`) and pick the
+    video stream decord would (av_find_best_stream); MediaError otherwise."""
+    container = open_input(path, "video", full_probe)
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         container.close()
@@ -123,7 +122,8 @@ def _index(
     # A keyframe is a safe seek point when exactly `count` frames precede it in both decode and
     # presentation order (closed GOP); open-GOP leading frames would otherwise shift every index after it.
     seek = [i for i, (p, key) in enumerate(packets) if key and i > 0 and pts[i] == p]
-    return _Index(pts=pts, seek_ranks=seek, by_pts=len(set(pts)) == len(pts), packets=kept)
+    reorders = any(p != q for (p, _), q in zip(packets, pts))
+    return _Index(pts=pts, seek_ranks=seek, by_pts=len(set(pts)) == len(pts), reorders=reorders, packets=kept)
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -390,10 +390,18 @@ def _read(path, pick, size: int) -> np.ndarray:
                 )
             ranks = [i % n for i in indices]
             wanted = sorted(set(ranks))
+            # A light probe leaves an H.264 decoder the reordering delay the header gives; when that is none
+            # while the packets are reordered (a fragmented MP4), only a full probe's decoding learns it.
+            full_probe = (
+                probed_lightly(container)
+                and codec == "h264"
+                and not stream.codec_context.has_b_frames
+                and index.reorders
+            )
             skipping = index.by_pts and codec in _SKIP_NONREF_CODECS
-            if skipping and index.packets is not None:
+            if skipping and index.packets is not None and not full_probe:
                 # The kept packets decode in this container without touching its demuxer again: no second
-                # open (~25 ms of stream probing), no second demux, no seek.
+                # open (a second stream probe), no second demux, no seek.
                 frames = _decode_ranks_skipping(container, stream, index, wanted)
                 if frames is not None:
                     return _to_rgb_batch(frames, ranks, size)
@@ -405,7 +413,7 @@ def _read(path, pick, size: int) -> np.ndarray:
         for k, attempt in enumerate(attempts):
             # Every attempt opens the file afresh: seeking a demuxer back to the start after a full pass fails
             # on some webm files ("Operation not permitted") that a fresh open decodes fine.
-            container, stream = open_video(path)
+            container, stream = open_video(path, full_probe)
             with container:
                 try:
                     frames = attempt(container, stream)

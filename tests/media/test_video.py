@@ -247,9 +247,9 @@ def test_skipping_path_declines_what_it_cannot_check(media, bclips):
 def _count_opens(monkeypatch) -> list:
     real, opened = video.open_video, []
 
-    def counting(path):
+    def counting(path, full_probe=False):
         opened.append(path)
-        return real(path)
+        return real(path, full_probe)
 
     monkeypatch.setattr(video, "open_video", counting)
     return opened
@@ -312,8 +312,8 @@ def test_decoding_never_rewinds_the_index_pass(media, monkeypatch, name):
     """The index pass's container is never sought back: the frames come from a fresh open."""
     real, opened = video.open_video, []
 
-    def open_once_unseekable(path):
-        container, stream = real(path)
+    def open_once_unseekable(path, full_probe=False):
+        container, stream = real(path, full_probe)
         opened.append(path)
         return (_NoRewind(container) if len(opened) == 1 else container), stream
 
