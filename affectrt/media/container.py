@@ -17,8 +17,9 @@ full probe). Everything else keeps the full probe:
   reordering delay while its packets are reordered (a fragmented MP4, whose offsets are only in its fragments):
   a stream without the SPS's bitstream-restriction fields tells its delay only by decoding, and a decoder that
   starts with too small a delay drops the first out-of-order frames;
-- a file with more than one stream of the kind asked for: ``av_find_best_stream`` (what decord and
-  ``streams.best`` pick with) ranks streams by how many frames the probe saw, e.g. a video before its cover art.
+- a file with more than one stream of the kind asked for: ``av_find_best_stream`` (``streams.best``, which the
+  audio reader picks with; the video reader ranks as decord's FFmpeg 4.1 did) counts the frames the probe saw,
+  e.g. to put a video before its cover art.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def open_video(
     path: str | os.PathLike, full_probe: bool = False
 ) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open `path` (`open_input`: no probe decode where the header suffices, unless `full_probe`) and pick the
-    video stream decord would (av_find_best_stream); MediaError otherwise."""
+    video stream decord would (`_decord_stream`); MediaError otherwise."""
     container = open_input(path, "video", full_probe)
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
@@ -83,9 +83,31 @@ def open_video(
         raise MediaError(
             path, f"no video stream ({what})", "pass a file with a video track, or use the face model"
         )
-    stream = container.streams.best("video") or container.streams.video[0]
+    stream = _decord_stream(container)
     stream.thread_type = "AUTO"
     return container, stream
+
+
+_IMPAIRED = av.stream.Disposition.hearing_impaired | av.stream.Disposition.visual_impaired
+
+
+def _decord_stream(container: av.container.InputContainer) -> av.VideoStream:
+    """The video stream decord reads: av_find_best_stream as in its FFmpeg 4.1.
+
+    Among the streams FFmpeg can decode, the greatest (not marked for the hearing or visually impaired, frames
+    counted by the probe up to 5, bit rate, frames counted), the first on ties. PyAV's `streams.best` runs
+    FFmpeg >= 4.3's, which also ranks a stream marked default first: given a default small track and a larger
+    second one, decord reads the second. The probe's frame count is not exposed, so the header's stands in for
+    it (equal up to 5 wherever a stream has 5 frames or more).
+    """
+    best, best_key = container.streams.video[0], None
+    for s in container.streams.video:
+        if s.codec_context is None:  # no decoder for it
+            continue
+        key = (not s.disposition & _IMPAIRED, min(5, s.frames), s.bit_rate or 0, s.frames)
+        if best_key is None or key > best_key:
+            best, best_key = s, key
+    return best
 
 
 # Packets `read_frames` keeps in memory from the index pass instead of reopening the file and demuxing it

@@ -136,6 +136,19 @@ def test_frames_ask_for_a_full_probe_when_the_header_misses_the_delay(clips, nam
     np.testing.assert_array_equal(frames, vr.get_batch(sample_indices(len(vr), 5)).asnumpy())
 
 
+def test_two_video_streams_pick_what_decord_picks(clips):
+    """decord's FFmpeg 4.1 gives a stream marked default no precedence: the second, larger track wins on bit rate."""
+    decord = pytest.importorskip("decord")
+    with av.open(str(clips["two_videos"])) as c:
+        assert c.streams.best("video").index == 0  # FFmpeg 8's pick: the default-marked first track
+    container, stream = video.open_video(clips["two_videos"])
+    with container:
+        assert stream.index == 1
+    vr = decord.VideoReader(str(clips["two_videos"]), height=224, width=224)
+    ours = video.read_frames(clips["two_videos"], n_frames=4)
+    np.testing.assert_array_equal(ours, vr.get_batch(sample_indices(len(vr), 4)).asnumpy())
+
+
 def test_errors_name_the_file(tmp_path):
     with pytest.raises(MediaError, match="file not found"):
         mc.open_input(tmp_path / "none.mp4", "video")
